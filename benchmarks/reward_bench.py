@@ -1,0 +1,100 @@
+"""Vectorized SIP reward vs the per-sample reference on one rollout batch.
+
+B = 64 prompts x 5 completions of up to 2,048 tokens (fuzzed SIP traces padded with reasoning
+sentences, some truncated), tiny BPE tokenizer. Checks the outputs are identical, then prints
+median times and the ratio. The reference is timed from token ids too (decode + score per row);
+per-item targets are computed once beforehand on both sides, as the trainer does.
+
+    python benchmarks/reward_bench.py [--repeats 5]
+"""
+
+import argparse
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from socialr1 import rewards_fuzz as fuzz  # noqa: E402
+from socialr1 import rewards_reference as ref  # noqa: E402
+from socialr1.rewards import RewardConfig, SIPReward  # noqa: E402
+from socialr1.sip import SIPFormat  # noqa: E402
+from socialr1.synthetic import generate_items  # noqa: E402
+from socialr1.tiny import build_tokenizer  # noqa: E402
+
+PROMPTS, GROUP, MAX_TOKENS, STEP, TOTAL_STEPS = 64, 5, 2048, 500, 1000
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    fmt, cfg = SIPFormat(), RewardConfig()
+    items = generate_items(PROMPTS, seed=0)
+    tokenizer = build_tokenizer([f"{it.story}\n{it.question}\n" + "\n".join(it.options) for it in items] + [fmt.render(it.gold_stages, it.answer_letter) for it in items])
+    rng = random.Random(0)
+    filler = [s for it in items for s in it.gold_stages]
+    texts, index = [], []
+    for p, item in enumerate(items):
+        for _ in range(GROUP):
+            texts.append(fuzz.mutated(item, fmt, rng, filler, extra=rng.randint(0, 50)))
+            index.append(p)
+    ids, mask = fuzz.tokenize_batch(tokenizer, texts, rng, MAX_TOKENS)
+    item_index = torch.tensor(index)
+
+    reward = SIPReward(tokenizer, cfg, total_steps=TOTAL_STEPS, fmt=fmt)
+    feats = reward.encode_items(items)
+    targets = [ref.item_targets(it, cfg) for it in items]
+    lengths = mask.sum(1).tolist()
+    id_rows = [row[:n] for row, n in zip(ids.tolist(), lengths)]
+
+    def reference() -> dict[str, list[float]]:
+        rows = [
+            ref.reference_scores(tokenizer.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=False), targets[i], n, STEP, TOTAL_STEPS, cfg, fmt)
+            for r, i, n in zip(id_rows, index, lengths)
+        ]
+        return {k: [r[k] for r in rows] for k in rows[0]}
+
+    reward.score(ids, mask, feats, item_index, STEP)  # warm-up
+    t_vec, vec = timed(lambda: reward.score(ids, mask, feats, item_index, STEP), args.repeats)
+    t_ref, refs = timed(reference, max(1, args.repeats // 2))
+    diff = max((vec[k] - torch.tensor(refs[k], dtype=torch.float32)).abs().max().item() for k in vec)
+    exact = all(torch.equal(vec[k], torch.tensor(refs[k], dtype=torch.float32)) for k in ("format", "accuracy"))
+
+    print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"batch: B={len(texts)} ({PROMPTS} prompts x {GROUP}), tokens per row: median {int(statistics.median(lengths))}, max {max(lengths)} (limit {MAX_TOKENS}), {int(sum(lengths))} total, vocab {len(tokenizer)}")
+    print(f"identical: format/accuracy exact={exact}, max |vectorized - reference| over all components = {diff:.2e}")
+    print(f"vectorized score(): median {t_vec * 1e3:.1f} ms over {args.repeats} runs")
+    print(f"reference (decode + per-sample): median {t_ref * 1e3:.1f} ms over {max(1, args.repeats // 2)} runs")
+    print(f"speed-up: {t_ref / t_vec:.1f}x")
+    print("component means:", {k: round(v.mean().item(), 3) for k, v in vec.items()})
+    if not exact or diff > 1e-5:
+        raise SystemExit("vectorized and reference rewards differ")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""Fused LM-head log-prob / GRPO-loss ops that never materialise [tokens, vocab] logits.
+
+backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (row-chunked PyTorch), "naive" (full logits).
+"""
+
+from kernels.grpo_loss import grpo_loss
+from kernels.linear_logprobs import linear_logprobs
+
+__all__ = ["grpo_loss", "linear_logprobs"]

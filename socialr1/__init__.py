@@ -1,0 +1,1 @@
+"""socialr1: trajectory-level GRPO with Social Information Processing (SIP) rewards."""

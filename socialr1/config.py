@@ -1,0 +1,175 @@
+"""Every setting of a run, as typed dataclasses that tyro turns into `python train.py --help`.
+
+Presets: `socialr1-4b` (the paper's recipe, the default), `socialr1-8b`, and `demo` (tiny model,
+generated data, CPU, a few minutes)."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from socialr1.data import FieldMap
+from socialr1.grpo import LossType, ScaleRewards
+from socialr1.rewards import RewardConfig
+from socialr1.sip import SIPFormat
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "Qwen/Qwen3-4B"
+    """Hugging Face hub name or local directory of the causal LM to train (unused with --model.tiny)."""
+    tiny: bool = False
+    """Build a tiny random Qwen3 and a tokenizer trained on the generated data, instead of loading
+    one (offline demo and tests)."""
+    tiny_hidden_size: int = 128
+    """Hidden size of the tiny model."""
+    tiny_layers: int = 2
+    """Decoder layers of the tiny model."""
+    tiny_heads: int = 4
+    """Attention heads of the tiny model (key/value heads: half of them)."""
+    tiny_vocab_size: int = 2048
+    """Upper bound on the tiny tokenizer's vocabulary (BPE stops early on a small corpus)."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """Compute dtype: auto is bfloat16 on CUDA (FSDP mixed precision over float32 master weights)
+    and float32 on CPU."""
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    """Attention kernel: auto is flash_attention_2 when flash-attn is importable on CUDA, else sdpa."""
+    activation_checkpointing: bool = True
+    """Recompute decoder-layer activations in the backward pass (less memory, ~30% more compute)."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "Jincenzi/ToMBench_Hard"
+    """Training items: hub dataset name, or a local JSONL/JSON/CSV/Parquet file or folder of them."""
+    split: str = "train"
+    """Split to load when `path` is a hub dataset."""
+    fields: FieldMap = field(default_factory=FieldMap)
+    """Which fields hold story, question, options, answer and ability."""
+    synthetic: int = 0
+    """If > 0, train on this many generated false-belief items instead of reading `path`."""
+    eval_path: str | None = None
+    """Items to evaluate on every `eval_every` steps (same formats as `path`); none: no eval,
+    unless `eval_synthetic` is set."""
+    eval_synthetic: int = 0
+    """If > 0 and no `eval_path`, evaluate on this many generated items unseen in training."""
+    eval_limit: int | None = None
+    """Evaluate on at most this many items."""
+    max_prompt_tokens: int = 1024
+    """Items whose prompt is longer are skipped (with a count in the log)."""
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 64
+    """Prompts per training step over all ranks (must divide by the number of ranks)."""
+    group_size: int = 5
+    """Completions sampled per prompt (G); advantages are relative within a group."""
+    max_new_tokens: int = 1024
+    """Completion length limit; longer completions are cut and count as truncated."""
+    temperature: float = 1.0
+    """Sampling temperature; the log-probs of the loss use the same temperature, as TRL does."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1.0: off)."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0: off)."""
+
+
+@dataclass
+class GRPOConfig:
+    beta: float = 0.04
+    """KL coefficient (k3 estimator against the frozen reference model); 0 skips the reference."""
+    eps_low: float = 0.2
+    """Clip range below: ratios under 1 - eps_low stop pushing down negative-advantage tokens."""
+    eps_high: float = 0.2
+    """Clip range above (DAPO's clip-higher uses 0.28)."""
+    loss_type: LossType = "grpo"
+    """Loss normalisation, as TRL: grpo (per-sequence mean, then mean), bnpo (tokens of the local
+    micro-batch), dr_grpo (batch size x max_new_tokens), dapo (all active tokens of the step)."""
+    scale_rewards: ScaleRewards = "group"
+    """Advantage scaling: divide by the group's reward std, the batch's, or not at all."""
+    num_iterations: int = 1
+    """Optimizer steps per rollout batch (TRL's mu); above 1 the old policy's log-probs are kept."""
+    micro_batch_size: int = 8
+    """Completions per forward/backward on one rank; gradients accumulate over micro-batches."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-7
+    """Peak learning rate of AdamW."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Decay after warmup: none, linear to 0, or cosine to 0 at the last optimizer step."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warmup from 0 to `lr`."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0: no clipping)."""
+
+
+@dataclass
+class WarmStartConfig:
+    steps: int = 0
+    """Supervised steps on the generated items' gold SIP traces before GRPO (0: none). A random
+    tiny model never finds the SIP format by sampling; a short warm start gives GRPO a signal."""
+    lr: float = 3e-3
+    """Learning rate of the warm start."""
+    batch_size: int = 16
+    """Items per warm-start step."""
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sip: SIPFormat = field(default_factory=SIPFormat)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    steps: int = 600
+    """GRPO steps (each: one rollout batch, `num_iterations` optimizer steps)."""
+    seed: int = 0
+    """Seed of sampling, data order, and the tiny model's initialisation."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available (one GPU per rank), else CPU."""
+    output_dir: str = "runs/socialr1-4b"
+    """Where TensorBoard events, metrics.jsonl and checkpoints go."""
+    log_every: int = 1
+    """Write scalars every N steps."""
+    sample_every: int = 10
+    """Write a few sample completions as TensorBoard text every N steps (0: never)."""
+    save_every: int = 100
+    """Write a Hugging Face checkpoint every N steps (0: only at the end)."""
+    eval_every: int = 0
+    """Evaluate every N steps (0: only at the end, when eval data is set)."""
+
+
+def _demo() -> TrainConfig:
+    return TrainConfig(
+        model=ModelConfig(tiny=True, dtype="float32", activation_checkpointing=False),
+        data=DataConfig(synthetic=2000, eval_synthetic=64, max_prompt_tokens=512),
+        rollout=RolloutConfig(prompts_per_step=8, group_size=6, max_new_tokens=96),
+        grpo=GRPOConfig(micro_batch_size=24),
+        optim=OptimConfig(lr=2e-4, warmup_steps=2),
+        warmstart=WarmStartConfig(steps=150),
+        steps=30,
+        device="cpu",
+        output_dir="runs/demo",
+        sample_every=5,
+        save_every=0,
+        eval_every=15,
+    )
+
+
+def _socialr1_8b() -> TrainConfig:
+    return TrainConfig(model=ModelConfig(name_or_path="Qwen/Qwen3-8B"), output_dir="runs/socialr1-8b")
+
+
+PRESETS: dict[str, tuple[str, TrainConfig]] = {
+    "socialr1-4b": ("Paper recipe: Qwen3-4B, G=5, beta 0.04, lr 5e-7, 600 steps (default).", TrainConfig()),
+    "socialr1-8b": ("Paper recipe on Qwen3-8B.", _socialr1_8b()),
+    "demo": ("Offline CPU demo: tiny Qwen3, generated false-belief items, a few minutes.", _demo()),
+}

@@ -1,0 +1,284 @@
+"""The GRPO loop. Per step: sample prompts -> roll out G completions each -> SIP rewards ->
+group-relative advantages -> old/reference log-probs -> clipped-surrogate update with k3 KL."""
+
+import copy
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from socialr1 import distributed as D
+from socialr1.checkpoint import save_hf
+from socialr1.config import OptimConfig, TrainConfig
+from socialr1.data import load_items
+from socialr1.evaluate import evaluate
+from socialr1.grpo import group_advantages, microbatch_weight, zero_std_fraction
+from socialr1.items import MCQItem
+from socialr1.metrics import RunLog, mean_std
+from socialr1.models import build_tiny, load_pretrained, stop_token_ids
+from socialr1.policy import LossSettings, Policy
+from socialr1.prompts import encode_prompts, user_message
+from socialr1.rewards import SIPReward
+from socialr1.rollout import Rollout, sample
+from socialr1.synthetic import generate_items
+from socialr1.warmstart import gold_completions, warm_start
+
+EVAL_SEED_OFFSET = 10_000  # generated eval items come from a seed training never uses
+
+
+def lr_lambda(cfg: OptimConfig, total_steps: int):
+    """Multiplier of the peak lr at optimizer step s: linear warmup, then the chosen decay."""
+
+    def f(s: int) -> float:
+        if s < cfg.warmup_steps:
+            return (s + 1) / cfg.warmup_steps
+        progress = (s - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
+        if cfg.schedule == "linear":
+            return 1.0 - progress
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.world = D.init_world(cfg.device)
+        self.out = Path(cfg.output_dir)
+        self.log = RunLog(self.out, cfg.steps, enabled=self.world.is_main)
+        on_cuda = self.world.device.type == "cuda"
+        self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and on_cuda) else torch.float32
+        if cfg.rollout.prompts_per_step % self.world.size:
+            raise ValueError(f"--rollout.prompts-per-step {cfg.rollout.prompts_per_step} must divide by the {self.world.size} ranks")
+
+        self.items, self.eval_items = self._load_data()
+        lm, self.tokenizer = self._load_model()
+        self.pad_id = self.tokenizer.pad_token_id
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.items, self.prompts = self._encode(self.items, "training")
+        self.eval_items, self.eval_prompts = self._encode(self.eval_items, "eval")
+        if not self.items:
+            raise ValueError(f"no training item fits in --data.max-prompt-tokens {cfg.data.max_prompt_tokens}")
+        if cfg.warmstart.steps:
+            targets = gold_completions(self.tokenizer, self.items, cfg.sip)
+            losses = warm_start(lm, self.prompts, targets, self.pad_id, cfg.warmstart, cfg.seed, self.world.is_main)
+            self.log.print(f"warm start: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps")
+
+        self.reward = SIPReward(self.tokenizer, cfg.reward, total_steps=cfg.steps, fmt=cfg.sip)
+        self.features = self.reward.encode_items(self.items)
+        self.eval_features = self.reward.encode_items(self.eval_items) if self.eval_items else None
+        self.ref = self._shard(copy.deepcopy(lm), trainable=False) if cfg.grpo.beta != 0 else None
+        if cfg.model.activation_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy = self._shard(lm, trainable=True)
+        self.opt = torch.optim.AdamW(
+            self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        total_updates = cfg.steps * cfg.grpo.num_iterations
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.optim, total_updates))
+        self.loss_settings = LossSettings(
+            cfg.grpo.beta, cfg.grpo.eps_low, cfg.grpo.eps_high, cfg.grpo.loss_type,
+            cfg.rollout.temperature, cfg.rollout.max_new_tokens,
+        )
+        # Sampling differs per rank; everything above (model init, warm start) is identical.
+        torch.manual_seed(cfg.seed * 1_000 + self.world.rank)
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _load_data(self) -> tuple[list[MCQItem], list[MCQItem]]:
+        d = self.cfg.data
+        train = generate_items(d.synthetic, seed=self.cfg.seed) if d.synthetic else load_items(d.path, d.fields, d.split)
+        if d.eval_path:
+            evals = load_items(d.eval_path, d.fields, limit=d.eval_limit)
+        elif d.eval_synthetic:
+            seen = {(it.story, it.question) for it in train}
+            fresh = generate_items(2 * d.eval_synthetic, seed=self.cfg.seed + EVAL_SEED_OFFSET)
+            evals = [it for it in fresh if (it.story, it.question) not in seen][: d.eval_synthetic]
+        else:
+            evals = []
+        return train, evals[: d.eval_limit]
+
+    def _load_model(self):
+        m = self.cfg.model
+        if not m.tiny:
+            return load_pretrained(m, self.world.device)
+        corpus = [user_message(it, self.cfg.sip) for it in self.items]
+        corpus += [self.cfg.sip.render(it.gold_stages, it.answer_letter) for it in self.items if it.gold_stages]
+        return build_tiny(m, corpus, self.cfg.seed)
+
+    def _encode(self, items: list[MCQItem], what: str) -> tuple[list[MCQItem], list[list[int]]]:
+        """Tokenise prompts once; drop (and report) items whose prompt is too long."""
+        prompts = encode_prompts(self.tokenizer, items, self.cfg.sip)
+        keep = [i for i, p in enumerate(prompts) if len(p) <= self.cfg.data.max_prompt_tokens]
+        if len(keep) < len(items):
+            self.log.print(f"{what}: skipped {len(items) - len(keep)} of {len(items)} items longer than --data.max-prompt-tokens")
+        return [items[i] for i in keep], [prompts[i] for i in keep]
+
+    def _shard(self, lm: PreTrainedModel, trainable: bool) -> Policy:
+        lm.to(self.world.device)
+        lm.requires_grad_(trainable)
+        policy = Policy(lm)
+        D.shard(policy, lm.model.layers, self.dtype if self.dtype != torch.float32 else None, Policy.FORWARD_METHODS)
+        return policy
+
+    # ---- one step ----------------------------------------------------------------------------
+    def prompt_indices(self, step: int) -> list[int]:
+        """This rank's share of the step's prompts: a slice of a seeded permutation per epoch, so
+        the global batch is the same whatever the number of ranks."""
+        per_step, n = self.cfg.rollout.prompts_per_step, len(self.items)
+        per_rank = per_step // self.world.size
+        first = step * per_step + self.world.rank * per_rank
+        out = []
+        for k in range(first, first + per_rank):
+            epoch, pos = divmod(k, n)
+            order = list(range(n))
+            random.Random(self.cfg.seed + epoch).shuffle(order)
+            out.append(order[pos])
+        return out
+
+    def rollout(self, step: int) -> Rollout:
+        r = self.cfg.rollout
+        index = self.prompt_indices(step)
+        self.policy.eval()
+        with D.gathered(self.policy):
+            return sample(
+                self.policy, self.world.device, [self.prompts[i] for i in index], index,
+                r.group_size, r.max_new_tokens, r.temperature, r.top_p, r.top_k, self.pad_id, self.stop_ids,
+            )
+
+    @torch.no_grad()
+    def logprobs(self, model: Policy, batch: Rollout) -> torch.Tensor:
+        """[N, C] log-probs of the completions under `model`, micro-batch by micro-batch."""
+        out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.world.device)
+        m = self.cfg.grpo.micro_batch_size
+        for start in range(0, len(batch), m):
+            part = batch.rows(start, start + m)
+            logp, _ = model.logprobs(part, self.cfg.rollout.temperature)
+            out[start : start + m, : logp.shape[1]] = logp
+        return out
+
+    def update(self, batch: Rollout, advantages: torch.Tensor) -> dict[str, float]:
+        """num_iterations optimizer steps on this rank's rollouts. advantages: [N]."""
+        g, m = self.cfg.grpo, self.cfg.grpo.micro_batch_size
+        self.policy.train()
+        old = self.logprobs(self.policy, batch) if g.num_iterations > 1 else None
+        ref = self.logprobs(self.ref, batch) if self.ref is not None else None
+        local_tokens = batch.completion_mask.sum().float()
+        global_tokens = int(D.all_reduce_sum(local_tokens).item())
+        global_seqs = len(batch) * self.world.size
+        starts = range(0, len(batch), m)
+        sums = torch.zeros(6, dtype=torch.float64)  # loss, kl, low, high, region, entropy (token-weighted)
+        for _ in range(g.num_iterations):
+            self.opt.zero_grad(set_to_none=True)
+            for start in starts:
+                part = batch.rows(start, start + m)
+                width = part.completion_ids.shape[1]
+                loss, stats = self.policy.loss(
+                    part, advantages[start : start + m],
+                    None if old is None else old[start : start + m, :width],
+                    None if ref is None else ref[start : start + m, :width],
+                    self.loss_settings,
+                )
+                tokens = int(part.completion_mask.sum())
+                w = microbatch_weight(g.loss_type, len(part), tokens, global_seqs, global_tokens, len(starts), self.world.size)
+                (loss * w).backward()
+                sums += torch.tensor(
+                    [loss.item() * w / self.world.size]
+                    + [float(stats[k]) * tokens for k in ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio", "entropy")],
+                    dtype=torch.float64,
+                )
+            grad_norm = self._clip()
+            self.opt.step()
+            self.sched.step()
+        sums = D.all_reduce_sum(sums) / g.num_iterations
+        names = ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
+        out = {"loss": sums[0].item(), "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0]}
+        out.update({k: (v / max(global_tokens, 1)).item() for k, v in zip(names, sums[1:])})
+        return out
+
+    def _clip(self) -> float:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        return D.full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm)).item()
+
+    def step(self, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        batch = self.rollout(step)
+        t1 = time.perf_counter()
+        scores = self.reward.score(batch.completion_ids, batch.completion_mask, self.features, batch.item_index, step)
+        scores = {k: D.all_gather_cat(v.float()) for k, v in scores.items()}  # [N_global]
+        adv = group_advantages(scores["total"], self.cfg.rollout.group_size, self.cfg.grpo.scale_rewards)
+        n = len(batch)
+        metrics = self.update(batch, adv[self.world.rank * n : (self.world.rank + 1) * n].to(self.world.device))
+        t2 = time.perf_counter()
+        metrics.update(self._rollout_metrics(batch, scores))
+        metrics.update({"time/generation_s": t1 - t0, "time/update_s": t2 - t1, "time/step_s": t2 - t0})
+        metrics["throughput/tokens_per_s"] = metrics["completion/tokens"] / (t2 - t0)
+        if self.cfg.sample_every and step % self.cfg.sample_every == 0:
+            self._log_samples(step, batch, scores)
+        return metrics
+
+    def _rollout_metrics(self, batch: Rollout, scores: dict[str, torch.Tensor]) -> dict[str, float]:
+        lengths = D.all_gather_cat(batch.completion_mask.sum(1).float())
+        last = batch.completion_ids.gather(1, (batch.completion_mask.sum(1, keepdim=True) - 1))
+        ended = torch.isin(last.squeeze(1), torch.tensor(self.stop_ids, device=last.device)).float()
+        ended = D.all_gather_cat(ended)
+        out = {"completion/tokens": lengths.sum().item(), "completion/length_mean": lengths.mean().item(),
+               "completion/length_min": lengths.min().item(), "completion/length_max": lengths.max().item(),
+               "completion/clipped_frac": 1.0 - ended.mean().item(),
+               "reward/zero_std_frac": zero_std_fraction(scores["total"], self.cfg.rollout.group_size)}
+        for name, values in scores.items():
+            out.update(mean_std(f"reward/{name}", values))
+        return out
+
+    def _log_samples(self, step: int, batch: Rollout, scores: dict[str, torch.Tensor]) -> None:
+        g = self.cfg.rollout.group_size
+        for row in range(0, min(len(batch), 2 * g), g):  # the first sample of two groups
+            item = self.items[int(batch.item_index[row])]
+            text = self.tokenizer.decode(batch.completion_ids[row][batch.completion_mask[row].bool()])
+            head = f"Q: {item.question}  gold: {item.answer_letter}  reward: {scores['total'][row].item():.3f}"
+            self.log.text(step, f"samples/{row // g}", f"{head}\n\n{text}")
+
+    # ---- the run -----------------------------------------------------------------------------
+    def run_eval(self, step: int) -> dict[str, float]:
+        r = self.cfg.rollout
+        self.policy.eval()
+        with D.gathered(self.policy):
+            result = evaluate(
+                self.policy, self.world.device, self.eval_items, self.eval_prompts, self.reward,
+                self.eval_features, r.prompts_per_step * r.group_size // self.world.size,
+                r.max_new_tokens, self.pad_id, self.stop_ids,
+            )
+        self.log.scalars(step, {f"eval/{k}": v for k, v in result.items()})
+        self.log.print(f"step {step}: eval accuracy {result['accuracy']:.3f}, format {result['format']:.3f} on {int(result['n'])} items")
+        return result
+
+    def save(self, name: str) -> None:
+        save_hf(self.policy, self.tokenizer, self.out / name, self.dtype)
+
+    def train(self) -> None:
+        cfg = self.cfg
+        if self.eval_items:
+            self.run_eval(0)
+        for step in range(cfg.steps):
+            metrics = self.step(step)
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                self.log.scalars(step, metrics)
+            self.log.advance(metrics["reward/total/mean"], metrics["time/step_s"])
+            done = step + 1
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+                self.save(f"checkpoint-{done}")
+            if self.eval_items and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                self.run_eval(done)
+        if self.eval_items:
+            self.run_eval(cfg.steps)
+        self.save("final")
+        self.log.print(f"done: checkpoint in {self.out / 'final'}, TensorBoard: tensorboard --logdir {self.out / 'tb'}")
+
+    def close(self) -> None:
+        self.log.close()
+        D.close_world()

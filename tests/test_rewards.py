@@ -1,0 +1,246 @@
+"""The vectorized SIP reward: equal to the per-sample reference on fuzzed corpora, hard to game,
+robust to arbitrary token sequences, and usable from token ids or from text."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from socialr1 import rewards_fuzz as fuzz
+from socialr1 import rewards_reference as ref
+from socialr1.items import MCQItem
+from socialr1.rewards import RewardConfig, SIPReward
+from socialr1.sip import SIPFormat
+from socialr1.synthetic import generate_items
+from socialr1.tiny import build_tokenizer
+
+FMT = SIPFormat()
+ITEMS = generate_items(120, seed=3)
+KEYS = ("total", "format", "accuracy", "structure", "content", "length")
+TOTAL_STEPS = 100
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    corpus = [f"{it.story}\n{it.question}\n" + "\n".join(it.options) for it in ITEMS]
+    return build_tokenizer(corpus + [FMT.render(it.gold_stages, it.answer_letter) for it in ITEMS], vocab_size=1024)
+
+
+def reference(tokenizer, ids, mask, items, index, step, config, fmt=FMT) -> dict[str, torch.Tensor]:
+    """The per-sample reference on the decoded rows of a token batch."""
+    rows = []
+    for row, m, i in zip(ids.tolist(), mask.tolist(), index.tolist()):
+        n = sum(m)
+        text = tokenizer.decode(row[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        rows.append(ref.reference_scores(text, ref.item_targets(items[i], config), n, step, TOTAL_STEPS, config, fmt))
+    return {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in KEYS}
+
+
+def assert_same(vec: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    for k in ("format", "accuracy"):
+        assert torch.equal(vec[k].double(), want[k]), k
+    for k in KEYS:
+        bad = ((vec[k].double() - want[k]).abs() > 1e-6).nonzero().flatten().tolist()
+        assert not bad, f"{k}: rows {bad[:5]}: vectorized {vec[k][bad[:5]].tolist()} reference {want[k][bad[:5]].tolist()}"
+
+
+def fuzz_check(tokenizer, config, fmt, n, seed, max_tokens, step) -> dict[str, torch.Tensor]:
+    texts, index = fuzz.corpus(ITEMS, n, seed, fmt, extra=lambda rng: rng.choice([0, 0, 1, 3]))
+    reward = SIPReward(tokenizer, config, total_steps=TOTAL_STEPS, fmt=fmt)
+    feats = reward.encode_items(ITEMS)
+    rng = random.Random(seed)
+    seen = []
+    for s in range(0, n, 400):
+        ids, mask = fuzz.tokenize_batch(tokenizer, texts[s : s + 400], rng, max_tokens)
+        index_t = torch.tensor(index[s : s + 400])
+        vec = reward.score(ids, mask, feats, index_t, step)
+        assert_same(vec, reference(tokenizer, ids, mask, ITEMS, index_t, step, config, fmt))
+        seen.append(vec)
+    return {k: torch.cat([v[k] for v in seen]) for k in KEYS}
+
+
+def test_fuzzed_corpus_matches_reference(tokenizer):
+    scores = fuzz_check(tokenizer, RewardConfig(), FMT, n=2400, seed=0, max_tokens=320, step=50)
+    # the corpus exercises every branch: both outcomes of format and accuracy, partial structure
+    for k in ("format", "accuracy"):
+        assert 0.2 < scores[k].mean() < 0.9, k
+    assert ((scores["structure"] > 0) & (scores["structure"] < 1)).float().mean() > 0.1
+    assert scores["content"].std() > 0.05 and scores["length"].std() > 0.05
+
+
+def test_other_markers_and_settings_match_reference(tokenizer):
+    fmt = SIPFormat(
+        think_open="<reasoning>",
+        think_close="</reasoning>",
+        answer_open="«Ans»",
+        answer_close="«/Ans»",
+        stages=("Encode", "Interpret", "Clarify", "Respond"),
+        stage_suffix=" -",
+    )
+    config = RewardConfig(mode="additive", rep_ngram=2, copy_ngram=3, min_stage_words=1, mental_target=1, max_entities=3, copy_tolerance=0.0)
+    scores = fuzz_check(tokenizer, config, fmt, n=800, seed=1, max_tokens=200, step=40)
+    assert scores["format"].mean() > 0.2
+
+
+def genuine(item: MCQItem) -> str:
+    return FMT.render(item.gold_stages, item.answer_letter)
+
+
+def hacks(item: MCQItem) -> dict[str, str]:
+    a, letters = item.answer_letter, item.letters
+    body = genuine(item).split("</think>")[0]
+    stage_texts = list(item.gold_stages)
+    return {
+        "all letters": FMT.render(stage_texts, ", ".join(letters)),
+        "letters glued": FMT.render(stage_texts, letters),
+        "answer outside tags": f"{body}</think>\nThe answer is {a}.",
+        "bare letter": f"{body}</think>\n{a}",
+        "headers only": FMT.render(["", "", "", ""], a),
+        "headers with filler": FMT.render(["ok.", "ok.", "ok.", "ok."], a),
+        "story in every stage": FMT.render([item.story] * 4, a),
+        "endless repetition": FMT.render([*stage_texts[:3], stage_texts[3] + " I think so." * 60], a),
+        "several answers": genuine(item) + "".join(f"<Answer>{x}</Answer>" for x in letters),
+        "two answers": genuine(item) + f"\n<Answer>{a}</Answer>",
+        "no reasoning": f"<think>\n</think>\n<Answer>{a}</Answer>",
+    }
+
+
+@pytest.mark.parametrize("mode", ["multiplicative", "additive"])
+def test_known_hacks_never_beat_a_genuine_trace(tokenizer, mode):
+    reward = SIPReward(tokenizer, RewardConfig(mode=mode), total_steps=TOTAL_STEPS)
+    items = ITEMS[:20]
+    names = list(hacks(items[0]))
+    texts = [genuine(it) for it in items] + [hacks(it)[name] for it in items for name in names]
+    answers = [it.answer_letter for it in items] * (1 + len(names))
+    kwargs = dict(questions=[it.question for it in items] * (1 + len(names)), options=[it.options for it in items] * (1 + len(names)))
+    stories = [it.story for it in items] * (1 + len(names))
+    for step in (0, 50, 100):
+        s = reward.score_texts(texts[: len(items)] + texts[len(items) :], answers, stories, step, **{k: v for k, v in kwargs.items()})
+        good = s["total"][: len(items)]
+        assert (s["format"][: len(items)] == 1).all() and (s["accuracy"][: len(items)] == 1).all()
+        for j, name in enumerate(names):
+            hacked = s["total"][len(items) * (j + 1) : len(items) * (j + 2)]
+            assert (hacked <= good + 1e-6).all(), f"{name} at step {step}: {hacked.tolist()} vs {good.tolist()}"
+            if step == 100:
+                assert hacked.mean() < good.mean(), name
+
+
+def test_component_verdicts_on_hacks(tokenizer):
+    reward = SIPReward(tokenizer, RewardConfig(), total_steps=TOTAL_STEPS)
+    item = ITEMS[5]
+    h = hacks(item)
+    names = ["genuine", *h]
+    s = reward.score_texts([genuine(item), *h.values()], [item.answer_letter] * len(names), [item.story] * len(names), 100, [item.question] * len(names), [item.options] * len(names))
+    got = {n: {k: s[k][i].item() for k in KEYS} for i, n in enumerate(names)}
+    assert got["genuine"]["structure"] == 1 and got["genuine"]["content"] > 0.4 and got["genuine"]["length"] > 0.5
+    for name in ("all letters", "letters glued", "answer outside tags", "bare letter", "several answers", "two answers"):
+        assert got[name]["accuracy"] == 0 and got[name]["format"] == 0, name
+    assert got["headers only"]["content"] == 0 and got["headers only"]["structure"] == 0.5
+    assert got["headers with filler"]["content"] == 0
+    assert got["story in every stage"]["content"] < 0.5 * got["genuine"]["content"]
+    assert got["endless repetition"]["length"] < 0.6 * got["genuine"]["length"]
+    assert got["no reasoning"]["structure"] == 0 and got["no reasoning"]["format"] == 1
+
+
+def test_wrong_letter_and_partial_structure(tokenizer):
+    reward = SIPReward(tokenizer, RewardConfig(), total_steps=TOTAL_STEPS)
+    item = ITEMS[7]
+    st = list(item.gold_stages)
+    wrong = next(x for x in item.letters if x != item.answer_letter)
+    swapped = FMT.render(st, item.answer_letter).replace("Cue Encoding:", "@@").replace("Goal Clarification:", "Cue Encoding:").replace("@@", "Goal Clarification:")
+    dropped = FMT.render(st, item.answer_letter).replace("Cue Interpretation:", "")
+    repeated = FMT.render([st[0], st[1] + "\nCue Interpretation: " + st[1], st[2], st[3]], item.answer_letter)
+    texts = [FMT.render(st, item.answer_letter), FMT.render(st, wrong), swapped, dropped, repeated]
+    s = reward.score_texts(texts, [item.answer_letter] * 5, [item.story] * 5, 100, [item.question] * 5, [item.options] * 5)
+    assert s["accuracy"].tolist() == [1, 0, 1, 1, 1] and s["format"].tolist() == [1, 1, 1, 1, 1]
+    assert s["structure"][0] == 1 and all(0 < s["structure"][i] < 1 for i in (2, 3, 4))
+
+
+def test_random_token_sequences_are_finite_and_in_range(tokenizer):
+    config = RewardConfig()
+    reward = SIPReward(tokenizer, config, total_steps=TOTAL_STEPS)
+    feats = reward.encode_items(ITEMS)
+    gen = torch.Generator().manual_seed(0)
+    think = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    for step in (0, 60, 100):
+        B, T = 3334, 96
+        ids = torch.randint(0, len(tokenizer) + 5, (B, T), generator=gen)  # a few ids past the vocabulary
+        ids[torch.rand(B, T, generator=gen) < 0.05] = think[0]
+        ids[torch.rand(B, T, generator=gen) < 0.05] = think[1]
+        mask = torch.arange(T) < torch.randint(0, T + 1, (B, 1), generator=gen)
+        s = reward.score(ids, mask, feats, torch.randint(0, len(ITEMS), (B,), generator=gen), step)
+        for k in KEYS:
+            assert s[k].shape == (B,) and s[k].dtype == torch.float32 and torch.isfinite(s[k]).all(), k
+        for k in KEYS[1:]:
+            assert ((s[k] >= 0) & (s[k] <= 1)).all(), k
+        assert ((s["total"] >= 0) & (s["total"] <= config.w_accuracy + config.w_structure + config.w_content)).all()
+
+
+def test_token_and_text_entry_points_agree(tokenizer):
+    reward = SIPReward(tokenizer, RewardConfig(), total_steps=TOTAL_STEPS)
+    items = ITEMS[:8]
+    texts = [genuine(it) for it in items[:4]] + [hacks(it)["story in every stage"] for it in items[4:]]
+    rng = random.Random(0)
+    ids, mask = fuzz.tokenize_batch(tokenizer, texts, rng, max_tokens=10_000, truncate_p=0.0)  # rows end with <|im_end|>
+    feats = reward.encode_items(list(reversed(items)))
+    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))
+    by_ids = reward.score(ids[perm], mask[perm].int(), feats, (len(items) - 1 - torch.arange(len(items)))[perm], 70)
+    by_text = reward.score_texts(texts, [it.answer_letter for it in items], [it.story for it in items], 70, [it.question for it in items], [it.options for it in items])
+    for k in KEYS:
+        assert torch.equal(by_ids[k], by_text[k][perm]), k
+
+
+def test_score_texts_without_options_accepts_letters_a_to_d(tokenizer):
+    reward = SIPReward(tokenizer, RewardConfig(), total_steps=TOTAL_STEPS)
+    item = ITEMS[0]
+    texts = [FMT.render(item.gold_stages, x) for x in "ABDE"]
+    s = reward.score_texts(texts, ["B"] * 4, [item.story] * 4, 0)
+    assert s["format"].tolist() == [1, 1, 1, 0] and s["accuracy"].tolist() == [0, 1, 0, 0]
+
+
+def test_byte_table_matches_decode(tokenizer):
+    reward = SIPReward(tokenizer, RewardConfig())
+    for i in range(len(tokenizer)):
+        start, n = reward.vocab_start[i].item(), reward.vocab_len[i].item()
+        got = bytes(reward.vocab_bytes[start : start + n].tolist())
+        want = tokenizer.decode([i], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if "\ufffd" not in want:
+            assert got.decode() == want, i
+
+
+def test_curriculum_and_length_window(tokenizer):
+    config = RewardConfig(curriculum_start=0.3, curriculum_end=0.7)
+    assert [ref.curriculum(s, 100, config) for s in (0, 30, 50, 70, 100)] == pytest.approx([0, 0, 0.5, 1, 1])
+    reward = SIPReward(tokenizer, config, total_steps=100)
+    item = ITEMS[1]
+    early, late = (reward.score_texts([genuine(item)], [item.answer_letter], [item.story], s, [item.question], [item.options]) for s in (10, 90))
+    assert early["total"].item() == pytest.approx(early["length"].item())  # format = accuracy = 1, tau = 0
+    assert late["total"].item() == pytest.approx(late["length"].item() * (1 + 0.5 * late["structure"].item() + 0.5 * late["content"].item()))
+    window = reward._length(torch.tensor([0, 32, 400, 768, 2000]))
+    assert window[1].item() == pytest.approx(0.5 * (1 - 1 / (1 + math.exp(10))), rel=1e-6)
+    assert window[2] > 0.98 and window[0] < window[1] and window[4] < 0.01
+
+
+def test_content_model_scores_stage_segments(tokenizer, tmp_path):
+    from transformers import AutoModelForSequenceClassification, Qwen3Config
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    items = ITEMS[:6]
+    texts = [genuine(it) for it in items[:3]] + [FMT.render([it.gold_stages[0], "", "", it.gold_stages[3]], it.answer_letter) for it in items[3:]]
+    args = ([it.answer_letter for it in items], [it.story for it in items], 100, [it.question for it in items], [it.options for it in items])
+    small = SIPReward(tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=2), total_steps=100).score_texts(texts, *args)
+    large = SIPReward(tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=64), total_steps=100).score_texts(texts, *args)
+    assert torch.allclose(small["content"], large["content"], atol=1e-5)
+    assert ((small["content"] > 0) & (small["content"] < 1)).all()
+    assert (small["content"][3:] <= 0.5).all()  # two of four stages empty: at most half
+
+
+def test_rejects_formats_it_cannot_score(tokenizer):
+    with pytest.raises(ValueError):
+        SIPReward(tokenizer, RewardConfig(), fmt=SIPFormat(stages=("A", "B", "C")))
+    with pytest.raises(ValueError):
+        SIPReward(tokenizer, RewardConfig(), fmt=SIPFormat(stages=("Cue", "Cue:x", "Goal", "Response"), stage_suffix=""))
