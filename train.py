@@ -5,9 +5,13 @@
     python train.py socialr1-4b --help                # every setting, with its default
 """
 
+import sys
+
 import tyro
 
-from socialr1.config import PRESETS, TrainConfig
+from socialr1.config import PRESETS, ConfigError, TrainConfig
+from socialr1.data import DataError
+from socialr1.models import ModelLoadError
 from socialr1.trainer import Trainer
 
 
@@ -20,4 +24,8 @@ def main(cfg: TrainConfig) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.extras.overridable_config_cli(PRESETS, description=__doc__))
+    cfg = tyro.extras.overridable_config_cli(PRESETS, description=__doc__)
+    try:
+        main(cfg)
+    except (ConfigError, DataError, ModelLoadError) as e:
+        sys.exit(f"error: {e}")

@@ -2,13 +2,17 @@
 
 B = 64 prompts x 5 completions of up to 2,048 tokens (fuzzed SIP traces padded with reasoning
 sentences, some truncated), tiny BPE tokenizer. Checks the outputs are identical, then prints
-median times and the ratio. The reference is timed from token ids too (decode + score per row);
-per-item targets are computed once beforehand on both sides, as the trainer does.
+median wall-clock and process CPU times and their ratios, for the vectorized reward with 1 torch
+thread (the RewardConfig.cpu_threads default) and with torch's default thread count. The reference
+is timed from token ids too (decode + score per row); per-item targets are computed once
+beforehand on both sides, as the trainer does.
 
     python benchmarks/reward_bench.py [--repeats 5]
 """
 
 import argparse
+import dataclasses
+import os
 import platform
 import random
 import statistics
@@ -39,13 +43,15 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+def timed(fn, repeats: int) -> tuple[float, float, object]:
+    """Median wall-clock and process CPU seconds of fn(), and its last result."""
+    wall, cpu, out = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu), out
 
 
 def main() -> None:
@@ -55,7 +61,10 @@ def main() -> None:
 
     fmt, cfg = SIPFormat(), RewardConfig()
     items = generate_items(PROMPTS, seed=0)
-    tokenizer = build_tokenizer([f"{it.story}\n{it.question}\n" + "\n".join(it.options) for it in items] + [fmt.render(it.gold_stages, it.answer_letter) for it in items])
+    tokenizer = build_tokenizer(
+        [f"{it.story}\n{it.question}\n" + "\n".join(it.options) for it in items]
+        + [fmt.render(it.gold_stages, it.answer_letter) for it in items]
+    )
     rng = random.Random(0)
     filler = [s for it in items for s in it.gold_stages]
     texts, index = [], []
@@ -66,32 +75,50 @@ def main() -> None:
     ids, mask = fuzz.tokenize_batch(tokenizer, texts, rng, MAX_TOKENS)
     item_index = torch.tensor(index)
 
-    reward = SIPReward(tokenizer, cfg, total_steps=TOTAL_STEPS, fmt=fmt)
-    feats = reward.encode_items(items)
+    feats = SIPReward(tokenizer, cfg, total_steps=TOTAL_STEPS, fmt=fmt).encode_items(items)
     targets = [ref.item_targets(it, cfg) for it in items]
     lengths = mask.sum(1).tolist()
     id_rows = [row[:n] for row, n in zip(ids.tolist(), lengths)]
 
     def reference() -> dict[str, list[float]]:
         rows = [
-            ref.reference_scores(tokenizer.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=False), targets[i], n, STEP, TOTAL_STEPS, cfg, fmt)
+            ref.reference_scores(
+                tokenizer.decode(r, skip_special_tokens=True, clean_up_tokenization_spaces=False),
+                targets[i],
+                n,
+                STEP,
+                TOTAL_STEPS,
+                cfg,
+                fmt,
+            )
             for r, i, n in zip(id_rows, index, lengths)
         ]
         return {k: [r[k] for r in rows] for k in rows[0]}
 
-    reward.score(ids, mask, feats, item_index, STEP)  # warm-up
-    t_vec, vec = timed(lambda: reward.score(ids, mask, feats, item_index, STEP), args.repeats)
-    t_ref, refs = timed(reference, max(1, args.repeats // 2))
-    diff = max((vec[k] - torch.tensor(refs[k], dtype=torch.float32)).abs().max().item() for k in vec)
-    exact = all(torch.equal(vec[k], torch.tensor(refs[k], dtype=torch.float32)) for k in ("format", "accuracy"))
+    threads = torch.get_num_threads()
+    n_ref = max(1, args.repeats // 2)
+    median_len = int(statistics.median(lengths))
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"batch: B={len(texts)} ({PROMPTS} prompts x {GROUP}), tokens per row: median {median_len}, ", end="")
+    print(f"max {max(lengths)} (limit {MAX_TOKENS}), {int(sum(lengths))} in all; vocab {len(tokenizer)}")
 
-    print(f"machine: {cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(f"batch: B={len(texts)} ({PROMPTS} prompts x {GROUP}), tokens per row: median {int(statistics.median(lengths))}, max {max(lengths)} (limit {MAX_TOKENS}), {int(sum(lengths))} total, vocab {len(tokenizer)}")
+    def vectorized_run(n_threads: int) -> tuple[float, float, dict[str, torch.Tensor]]:
+        reward = SIPReward(tokenizer, dataclasses.replace(cfg, cpu_threads=n_threads), total_steps=TOTAL_STEPS, fmt=fmt)
+        reward.score(ids, mask, feats, item_index, STEP)  # warm-up
+        return timed(lambda: reward.score(ids, mask, feats, item_index, STEP), args.repeats)
+
+    vectorized = {n: vectorized_run(n) for n in sorted({1, threads})}
+    ref_wall, ref_cpu, refs = timed(reference, n_ref)
+    want = {k: torch.tensor(v, dtype=torch.float32) for k, v in refs.items()}
+    exact = all(torch.equal(out[k], want[k]) for *_, out in vectorized.values() for k in ("format", "accuracy"))
+    diff = max((out[k] - want[k]).abs().max().item() for *_, out in vectorized.values() for k in want)
     print(f"identical: format/accuracy exact={exact}, max |vectorized - reference| over all components = {diff:.2e}")
-    print(f"vectorized score(): median {t_vec * 1e3:.1f} ms over {args.repeats} runs")
-    print(f"reference (decode + per-sample): median {t_ref * 1e3:.1f} ms over {max(1, args.repeats // 2)} runs")
-    print(f"speed-up: {t_ref / t_vec:.1f}x")
-    print("component means:", {k: round(v.mean().item(), 3) for k, v in vec.items()})
+    print(f"reference (decode + per-sample, {n_ref} runs): ", end="")
+    print(f"median wall {ref_wall * 1e3:.0f} ms, cpu {ref_cpu * 1e3:.0f} ms")
+    for n, (wall, cpu, _) in vectorized.items():
+        print(f"vectorized score(), cpu_threads={n} ({args.repeats} runs): median wall {wall * 1e3:.1f} ms ", end="")
+        print(f"({ref_wall / wall:.1f}x), cpu {cpu * 1e3:.1f} ms ({ref_cpu / cpu:.1f}x)")
+    print("component means:", {k: round(v.mean().item(), 3) for k, v in want.items()})
     if not exact or diff > 1e-5:
         raise SystemExit("vectorized and reference rewards differ")
 

@@ -12,6 +12,10 @@ from socialr1.rewards import RewardConfig
 from socialr1.sip import SIPFormat
 
 
+class ConfigError(ValueError):
+    """Settings that cannot work together; the message names the flags."""
+
+
 @dataclass
 class ModelConfig:
     name_or_path: str = "Qwen/Qwen3-4B"
@@ -151,16 +155,19 @@ def _demo() -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(tiny=True, dtype="float32", activation_checkpointing=False),
         data=DataConfig(synthetic=2000, eval_synthetic=64, max_prompt_tokens=512),
-        rollout=RolloutConfig(prompts_per_step=8, group_size=6, max_new_tokens=96),
-        grpo=GRPOConfig(micro_batch_size=24),
-        optim=OptimConfig(lr=2e-4, warmup_steps=2),
-        warmstart=WarmStartConfig(steps=150),
-        steps=30,
+        rollout=RolloutConfig(prompts_per_step=8, group_size=6, max_new_tokens=160),
+        grpo=GRPOConfig(loss_type="dapo", micro_batch_size=24),
+        optim=OptimConfig(lr=2e-4),
+        # A dense additive reward at a constant curriculum weight: a rising total then means the
+        # policy improved, not that the curriculum switched a term on.
+        reward=RewardConfig(mode="additive", curriculum_start=0.0, curriculum_end=0.0, len_min=24, len_max=200),
+        warmstart=WarmStartConfig(steps=160),
+        steps=50,
         device="cpu",
         output_dir="runs/demo",
         sample_every=5,
         save_every=0,
-        eval_every=15,
+        eval_every=25,
     )
 
 

@@ -2,18 +2,14 @@
 file, or a folder of such files. Defaults read ToMBench's English fields."""
 
 import math
-import os
 import re
-import socket
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import datasets
-import huggingface_hub
 
+from socialr1.hub import hub_unavailable
 from socialr1.items import LETTERS, MCQItem
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -90,29 +86,13 @@ def _load_file(path: Path, label: str) -> datasets.Dataset:
 
 
 def _load_hub(name: str, split: str) -> datasets.Dataset:
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import; when it is off, check the env again
-    # and the network, since a dead network otherwise costs ~25 s of retries before failing
-    if not huggingface_hub.is_offline_mode():
-        if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
-            raise DataError(_hub_help(name, split, "HF_HUB_OFFLINE is set"))
-        if not _hub_reachable():
-            endpoint = huggingface_hub.constants.ENDPOINT
-            raise DataError(_hub_help(name, split, f"{endpoint} is unreachable"))
+    reason = hub_unavailable()
+    if reason:
+        raise DataError(_hub_help(name, split, reason))
     try:
         return datasets.load_dataset(name, split=split)
     except Exception as e:  # not found, offline, gated, bad split: the same advice for each
         raise DataError(_hub_help(name, split, f"{type(e).__name__}: {e}")) from e
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if urllib.request.getproxies():  # a direct probe says nothing about a proxied route
-        return True
-    url = urlparse(huggingface_hub.constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _hub_help(name: str, split: str, reason: str) -> str:

@@ -18,7 +18,8 @@ class RunLog:
         output_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(output_dir / "tb"))
         self.jsonl = (output_dir / "metrics.jsonl").open("a")
-        self.bar = tqdm(total=total_steps, desc="grpo", unit="step", dynamic_ncols=True)
+        self.total_steps = total_steps
+        self.bar: tqdm | None = None  # opened at the first step, after any warm-start bar
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -34,9 +35,12 @@ class RunLog:
             self.writer.add_text(tag, "```\n" + text + "\n```", step)
 
     def advance(self, reward: float, seconds: float) -> None:
-        if self.enabled:
-            self.bar.set_postfix(reward=f"{reward:.3f}", step_s=f"{seconds:.1f}")
-            self.bar.update(1)
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=self.total_steps, desc="grpo", unit="step", dynamic_ncols=True)
+        self.bar.set_postfix(reward=f"{reward:.3f}", step_s=f"{seconds:.1f}")
+        self.bar.update(1)
 
     def print(self, message: str) -> None:
         if self.enabled:
@@ -44,7 +48,8 @@ class RunLog:
 
     def close(self) -> None:
         if self.enabled:
-            self.bar.close()
+            if self.bar is not None:
+                self.bar.close()
             self.writer.close()
             self.jsonl.close()
 

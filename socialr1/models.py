@@ -2,6 +2,7 @@
 tiny Qwen3 built here from the training data."""
 
 import importlib.util
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from socialr1 import tiny
 from socialr1.config import ModelConfig
+from socialr1.hub import hub_unavailable
 
 
 class ModelLoadError(RuntimeError):
@@ -27,20 +29,28 @@ def load_pretrained(
     cfg: ModelConfig, device: torch.device
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Master weights in float32 (FSDP casts to the compute dtype for forward/backward)."""
+    reason = None if Path(cfg.name_or_path).exists() else hub_unavailable()
+    if reason:
+        raise ModelLoadError(_advice(cfg.name_or_path, reason))
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path)
         lm = AutoModelForCausalLM.from_pretrained(
             cfg.name_or_path, dtype=torch.float32, attn_implementation=attn_implementation(cfg, device)
         )
     except OSError as e:
-        raise ModelLoadError(
-            f"could not load model {cfg.name_or_path!r}: {e}\n"
-            "Without access to the Hugging Face hub, download the model on a machine that has it "
-            "(`huggingface-cli download Qwen/Qwen3-4B --local-dir Qwen3-4B`), copy the folder here "
-            "and pass it: --model.name-or-path ./Qwen3-4B"
-        ) from e
+        raise ModelLoadError(_advice(cfg.name_or_path, str(e))) from e
     tokenizer.padding_side = "left"
     return lm, tokenizer
+
+
+def _advice(name: str, reason: str) -> str:
+    local = name.rstrip("/").split("/")[-1]
+    return (
+        f"could not load model {name!r}: {reason}.\n"
+        "Without the Hugging Face hub, download it on a machine that has access "
+        f"(hf download {name} --local-dir {local}), copy the folder here and pass its path: "
+        f"--model.name-or-path ./{local}"
+    )
 
 
 def build_tiny(

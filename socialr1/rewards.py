@@ -1,17 +1,19 @@
 """SIP rewards for a whole rollout batch at once, on token-id tensors, on the rollouts' device.
 
-A batch [B, T] of token ids becomes one flat byte stream (rows back to back) through a per-vocab
-byte table, so that markers, whitespace and words are found exactly whatever the BPE split.
-Markers are matched at candidate positions (bytes that start a marker), words are hashed with a
-polynomial hash built from prefix sums, and per-row questions (is this word in the item's story?)
-become sorted searches on keys that carry the row in their high bits. The definitions are those
-of `socialr1.rewards_reference`, which the tests check this module against.
+A batch [B, T] of token ids becomes one flat byte stream (rows back to back, NUL-separated) via a
+per-vocabulary byte table built once from the tokenizer, so markers, whitespace and words are found
+exactly, whatever the BPE split. Markers are matched at candidate bytes (those that start one),
+words are hashed with a polynomial hash taken from prefix sums, and per-row questions ("is this
+word in this row's story?") become lookups of keys that carry the row in their high bits. Per-item
+data is tokenised into padded key tensors once by `encode_items`. Every definition is that of the
+per-sample `socialr1.rewards_reference`, which the tests check this module against.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import torch
 from tokenizers import decoders
@@ -54,7 +56,8 @@ class RewardConfig:
     len_max: float = 768.0
     """Length window: completion length (tokens) at which the falling sigmoid is 0.5."""
     len_sharpness: float = 10.0
-    """Length window slope k: sigmoid(k (L - len_min) / (len_max - len_min)) * (1 - sigmoid(k (L - len_max) / (len_max - len_min)))."""
+    """Length window slope k: sigmoid(k (L - len_min) / W) * (1 - sigmoid(k (L - len_max) / W)),
+    W = len_max - len_min."""
     rep_ngram: int = 4
     """Word n-gram size of the repetition penalty (multiplies the length score)."""
     rep_tolerance: float = 0.2
@@ -72,7 +75,11 @@ class RewardConfig:
     copy_ngram: int = 4
     """Word n-gram size for detecting verbatim copies of the story inside a stage."""
     copy_tolerance: float = 0.5
-    """Share of a stage's n-grams copied verbatim from the story tolerated before its content score drops (0 at 100%)."""
+    """Share of a stage's n-grams copied verbatim from the story tolerated before its content
+    score drops (0 at 100%)."""
+    cpu_threads: int = 1
+    """Torch threads while scoring on CPU (0: leave torch's setting). The reward runs many small,
+    latency-bound ops: extra threads gain little and lose much when the cores are shared."""
     content_model: str | None = None
     """Path of a Hugging Face sequence-classification model scoring (story + question, stage
     segment) pairs; replaces the default token-grounding content scorer when set."""
@@ -81,6 +88,12 @@ class RewardConfig:
     content_model_max_length: int = 512
     """Token limit of a content-model input (longer pairs are truncated)."""
 
+    def __post_init__(self) -> None:
+        if not (0 <= self.rep_tolerance < 1 and 0 <= self.copy_tolerance < 1):
+            raise ValueError("rep_tolerance and copy_tolerance must lie in [0, 1)")
+        if self.len_max <= self.len_min or min(self.rep_ngram, self.copy_ngram, self.mental_target) < 1:
+            raise ValueError("need len_max > len_min and rep_ngram, copy_ngram, mental_target >= 1")
+
 
 @dataclass
 class ItemFeatures:
@@ -88,7 +101,7 @@ class ItemFeatures:
 
     gold: Tensor  # [N] gold option index
     n_options: Tensor  # [N]
-    grounded: Tensor  # [N, S] content words of story, question, options, and the lexicon
+    context: Tensor  # [N, S] content words of story, question and options
     entities: Tensor  # [N, E]
     question: Tensor  # [N, Q]
     options: Tensor  # [N, n_opt_max, O]
@@ -132,8 +145,8 @@ def _token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
     return out
 
 
-def _byte_lut(pred: Callable[[int], int]) -> Tensor:
-    return torch.tensor([int(pred(b)) for b in range(256)], dtype=torch.long)
+def _inverse(base: int) -> int:
+    return pow(base, ref.HASH_MOD - 2, ref.HASH_MOD)
 
 
 def _mod_powers(base: int, n: int) -> Tensor:
@@ -144,18 +157,40 @@ def _mod_powers(base: int, n: int) -> Tensor:
     return out[:n]
 
 
+def _direct_table(flags: dict[int, int]) -> Tensor:
+    """An open-address-free hash table of word keys: entry key << 3 | flags at slot key % size,
+    the smallest power-of-two size where no two keys share a slot; -1 elsewhere."""
+    bits = 8
+    while len({k & ((1 << bits) - 1) for k in flags}) < len(flags):
+        bits += 1
+    table = torch.full((1 << bits,), -1, dtype=torch.long)
+    for k, f in flags.items():
+        table[k & ((1 << bits) - 1)] = k << 3 | f
+    return table
+
+
+# Byte classes, packed with the byte itself into one int per byte of the vocabulary table.
+CODE_SHIFT, NONBLANK_SHIFT, MARKER_SHIFT = 8, 14, 15
+NONBLANK_BIT, MARKER_BIT = 1 << NONBLANK_SHIFT, 1 << MARKER_SHIFT
+# Flags of the global word lists in the direct table.
+STOP, MENTAL, LEXICON = 1, 2, 4
+
+
 @dataclass
 class _Flat:
     """A batch of completions as one byte stream: each row's bytes, then a NUL separator, so that
     neither words nor markers run from one row into the next."""
 
-    chars: Tensor  # [N] byte values
+    packed: Tensor  # [N] byte | CHAR_CODE << CODE_SHIFT | NONBLANK_BIT | MARKER_BIT (may start a marker)
     start: Tensor  # [B] first byte of each row
     end: Tensor  # [B] one past each row's last byte (its separator)
     n_nonblank: Tensor  # [N + 1] non-whitespace bytes before each position
 
     def row_of(self, pos: Tensor) -> Tensor:
         return torch.searchsorted(self.end, pos.contiguous(), right=True)
+
+    def bytes_at(self, pos: Tensor) -> Tensor:
+        return self.packed[pos.clamp(0, len(self.packed) - 1)] & 255
 
 
 @dataclass
@@ -166,6 +201,7 @@ class _Words:
     start: Tensor  # [NW] position (in the flat stream) of the first character
     length: Tensor  # [NW]
     row: Tensor  # [NW]
+    flags: Tensor  # [NW] STOP | MENTAL | LEXICON
 
 
 @dataclass
@@ -183,31 +219,59 @@ class SIPReward:
     """Scores completions of SIP prompts; see RewardConfig for the total and rewards_reference for
     the definition of every component."""
 
-    _device_tensors = ("vocab_bytes", "vocab_start", "vocab_len", "markers", "marker_len", "marker_first", "char_code", "nonblank", "stop", "mental", "char_pow", "char_inv_pow", "ngram_pow")
+    _device_tensors = (
+        "vocab_packed",
+        "token_table",
+        "marker_chunks",
+        "marker_mask",
+        "marker_len",
+        "word_table",
+    )
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: RewardConfig = RewardConfig(), total_steps: int = 1, fmt: SIPFormat = SIPFormat()):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        config: RewardConfig = RewardConfig(),
+        total_steps: int = 1,
+        fmt: SIPFormat = SIPFormat(),
+    ):
         headers = [fmt.stage_header(k) for k in range(len(fmt.stages))]
         if len(headers) != 4:
             raise ValueError(f"the SIP reward scores four stages, got {fmt.stages}")
         if any(a != b and b.startswith(a) for a in headers for b in headers):
             raise ValueError(f"no stage header may begin another: {headers}")  # keeps stage segments disjoint
         self.tokenizer, self.config, self.total_steps, self.fmt = tokenizer, config, total_steps, fmt
-        pieces = [b"\0", *_token_bytes(tokenizer), b""]  # entry 0: the row separator; last: pads, unknown ids
-        lens = torch.tensor(list(map(len, pieces)))
-        self.vocab_bytes = torch.tensor(list(b"".join(pieces)), dtype=torch.long)
-        self.vocab_start = (lens.cumsum(0) - lens)[1:]  # [V + 1]
-        self.vocab_len = lens[1:]
         encoded = [m.encode() for m in (fmt.think_open, fmt.think_close, fmt.answer_open, fmt.answer_close, *headers)]
         self.marker_len = torch.tensor(list(map(len, encoded)))  # [8]
-        self.markers = torch.full((8, int(self.marker_len.max())), -1, dtype=torch.long)  # [8, Lm], -1: past the end
+        markers = torch.zeros((8, int(self.marker_len.max())), dtype=torch.long)  # [8, Lm]
         for i, m in enumerate(encoded):
-            self.markers[i, : len(m)] = torch.tensor(list(m))
-        self.marker_first = _byte_lut(lambda b: any(m[0] == b for m in encoded))
-        self.char_code = _byte_lut(lambda b: ref.CHAR_CODE.get(chr(b), 0))
-        self.nonblank = _byte_lut(lambda b: chr(b) not in ref.WHITESPACE)
-        self.stop, self.mental = (torch.tensor(sorted(s)) for s in (ref.STOP_KEYS, ref.MENTAL_KEYS))
-        self.char_pow = self.char_inv_pow = torch.ones(1, dtype=torch.long)
-        self.ngram_pow = _mod_powers(ref.NGRAM_BASE, max(config.rep_ngram, config.copy_ngram))
+            markers[i, : len(m)] = torch.tensor(list(m))
+        self.marker_chunks = _chunks(markers)  # [8, C] markers as 7-byte integers
+        self.marker_mask = _chunks(
+            (torch.arange(markers.shape[1]) < self.marker_len[:, None]) * 255
+        )  # bytes that count
+        starts = {m[0] for m in encoded}
+        byte_class = torch.tensor(
+            [
+                b
+                | ref.CHAR_CODE.get(chr(b), 0) << CODE_SHIFT
+                | NONBLANK_BIT * (chr(b) not in ref.WHITESPACE)
+                | MARKER_BIT * (b in starts)
+                for b in range(256)
+            ]
+        )
+        pieces = [b"\0", *_token_bytes(tokenizer), b""]  # entry 0: the row separator; last: pads, unknown ids
+        lens = torch.tensor(list(map(len, pieces)))
+        self.vocab_packed = byte_class[torch.tensor(list(b"".join(pieces)), dtype=torch.long)]
+        self.token_table = ((lens.cumsum(0) - lens) << 16 | lens)[1:]  # [V + 1] start << 16 | length
+        if int(lens.max()) >= 1 << 16:
+            raise ValueError("a token longer than 65535 bytes")
+        flags = {
+            k: STOP * (k in ref.STOP_KEYS) | MENTAL * (k in ref.MENTAL_KEYS) | LEXICON * (k in ref.GROUNDED_KEYS)
+            for k in ref.STOP_KEYS | ref.GROUNDED_KEYS
+        }
+        self.word_table = _direct_table(flags)
+        self._powers: dict[int, Tensor] = {}  # base -> [base**j mod HASH_MOD], grown on demand
         self._content_model = None
         self._device = torch.device("cpu")
 
@@ -220,7 +284,7 @@ class SIPReward:
         return ItemFeatures(
             gold=torch.tensor([t.gold for t in targets]),
             n_options=torch.tensor([t.n_options for t in targets]),
-            grounded=_padded([t.grounded for t in targets]),
+            context=_padded([t.grounded - ref.GROUNDED_KEYS for t in targets]),  # the lexicon is in word_table
             entities=_padded([t.entities for t in targets]),
             question=_padded([t.question for t in targets]),
             options=torch.stack([_padded([*t.options, *[()] * (n_opt - t.n_options)], opt_width) for t in targets]),
@@ -251,29 +315,63 @@ class SIPReward:
             mask[i, : len(row)] = True
         return self.score(ids, mask, self.encode_items(items), torch.arange(n), step)
 
-    @torch.no_grad()
-    def score(self, completion_ids: Tensor, completion_mask: Tensor, feats: ItemFeatures, item_index: Tensor, step: int) -> dict[str, Tensor]:
+    def score(
+        self, completion_ids: Tensor, completion_mask: Tensor, feats: ItemFeatures, item_index: Tensor, step: int
+    ) -> dict[str, Tensor]:
         """completion_ids, completion_mask: [B, T]; item_index: [B] rows of feats -> dict of [B] float32."""
+        threads = self.config.cpu_threads if completion_ids.device.type == "cpu" else 0
+        with torch.no_grad(), _torch_threads(threads):
+            return self._score(completion_ids, completion_mask, feats, item_index, step)
+
+    def _score(
+        self, completion_ids: Tensor, completion_mask: Tensor, feats: ItemFeatures, item_index: Tensor, step: int
+    ) -> dict[str, Tensor]:
         self._to(completion_ids.device)
-        feats, item_index, mask = feats.to(completion_ids.device), item_index.to(completion_ids.device), completion_mask.bool()
+        feats, items, mask = (
+            feats.to(completion_ids.device),
+            item_index.to(completion_ids.device),
+            completion_mask.bool(),
+        )
+        B = len(items)
+        if B == 0:
+            return {
+                k: torch.zeros(0, device=completion_ids.device)
+                for k in ("total", "format", "accuracy", "structure", "content", "length")
+            }
         text = self._flatten(completion_ids, mask)
         marks = self._markers(text)
         words = self._words(text)
-        chosen = self._choice(text, marks, feats.n_options[item_index])
+        chosen = self._choice(text, marks, feats.n_options[items])
         counts, firsts, seg = self._segments(marks)
         stage = self._stage_of(words, seg)  # [NW] 0..3, or 4 outside every stage
-        content_word = (words.length >= 2) & ~_in_sorted(words.key, self.stop)  # [NW]
-        structure, good = self._structure(counts, firsts, _per_stage(words.row, stage, content_word, len(item_index)))
+        slot = words.row * 5 + stage  # [NW] (row, stage) bucket
+        content_word = (words.length >= 2) & (words.flags & STOP == 0)
+        lexicon, mental = words.flags & LEXICON > 0, words.flags & MENTAL > 0
+        per_stage = _per_stage(slot, torch.stack([content_word, content_word & lexicon, mental], 1), B)  # [B, 4, 3]
+        n_content = per_stage[..., 0]
+        structure, good = self._structure(counts, firsts, n_content)
+        ngrams = {n: self._ngrams(words, n) for n in {self.config.rep_ngram, self.config.copy_ngram}}
         if self.config.content_model:
-            content = self._model_content(text, seg, good, feats, item_index)
+            content = self._model_content(text, seg, good, feats, items)
         else:
-            content = self._content(words, stage, content_word, good, feats, item_index, chosen)
+            content = self._content(
+                words,
+                stage,
+                slot,
+                content_word & ~lexicon,
+                per_stage,
+                good,
+                feats,
+                items,
+                chosen,
+                ngrams[self.config.copy_ngram],
+            )
         parts = {
             "format": self._format(text, marks, chosen).double(),
-            "accuracy": (chosen == feats.gold[item_index]).double(),
+            "accuracy": (chosen == feats.gold[items]).double(),
             "structure": structure,
             "content": content,
-            "length": self._length(mask.sum(1)) * self._repetition(words, len(item_index)),
+            "length": self._length(mask.sum(1)) * self._repetition(words, B, *ngrams[self.config.rep_ngram]),
         }
         tau = ref.curriculum(step, self.total_steps, self.config)
         return {k: v.float() for k, v in {"total": ref.combine(parts, tau, self.config), **parts}.items()}
@@ -288,49 +386,54 @@ class SIPReward:
 
     def _flatten(self, ids: Tensor, mask: Tensor) -> _Flat:
         B, T = ids.shape
-        vocab = len(self.vocab_len) - 1
-        ids = torch.where(mask & (ids >= 0) & (ids < vocab), ids, vocab).flatten()  # pads, unknown ids: empty
-        sep = ids.new_ones(B, 1)
-        lens = torch.cat([self.vocab_len.index_select(0, ids).view(B, T), sep], 1).flatten()  # [B * (T + 1)]
-        src = torch.cat([self.vocab_start.index_select(0, ids).view(B, T), sep - 1], 1).flatten()  # separator: entry 0
-        offsets = lens.cumsum(0)
-        N = int(offsets[-1])
+        vocab = len(self.token_table) - 1
+        ids = torch.where(mask & (ids >= 0) & (ids < vocab), ids, vocab)  # pads, unknown ids: empty
+        sep = torch.ones(B, 1, dtype=torch.long, device=ids.device)  # start 0, length 1: the NUL separator
+        tok = torch.cat([self.token_table.index_select(0, ids.flatten()).view(B, T), sep], 1).flatten()  # [B * (T + 1)]
+        lens, src = tok & 0xFFFF, tok >> 16
+        ends = lens.cumsum(0)
+        starts = ends - lens
+        N = int(ends[-1])
         if N > 2**26:  # keeps the word-hash prefix sums (code < 37, powers < 2**31) below 2**63
             raise ValueError(f"{N} bytes in one batch: score it in smaller pieces")
-        index = torch.repeat_interleave(src - (offsets - lens), lens, output_size=N) + torch.arange(N, device=ids.device)
-        chars = self.vocab_bytes.index_select(0, index)  # [N]
-        end = offsets.view(B, T + 1)[:, -1] - 1
+        # byte i of the stream is vocab_packed[i + base[t]] for its token t: integrate steps of 1
+        # per byte plus the jumps of base at token starts (empty tokens' jumps add up)
+        base = src - starts
+        index = torch.ones(N, dtype=torch.long, device=ids.device)
+        index[0] = 0
+        index.index_add_(0, starts, torch.diff(base, prepend=base.new_zeros(1)))
+        packed = self.vocab_packed.index_select(0, torch.cumsum(index, 0, out=index))  # [N]
+        end = ends.view(B, T + 1)[:, -1] - 1
         row_len = lens.view(B, T + 1)[:, :-1].sum(1)
-        n_nonblank = torch.cat([end.new_zeros(1), self.nonblank.index_select(0, chars).cumsum(0)])
-        return _Flat(chars, end - row_len, end, n_nonblank)
+        return _Flat(packed, end - row_len, end, _prefix_sum((packed >> NONBLANK_SHIFT).bitwise_and_(1)))
 
     def _markers(self, text: _Flat) -> _Markers:
-        B, (M, Lm) = len(text.start), self.markers.shape
-        cand = torch.nonzero(self.marker_first.index_select(0, text.chars)).squeeze(1)  # [K] bytes that start a marker
-        span = (cand[:, None] + torch.arange(Lm, device=cand.device)).clamp(max=len(text.chars) - 1)
+        B, M, Lm = len(text.start), len(self.marker_len), int(self.marker_len.max())
+        cand = torch.nonzero(text.packed >= MARKER_BIT).squeeze(1)  # [K] bytes that may start a marker
+        window = _chunks(text.bytes_at(cand[:, None] + torch.arange(Lm, device=cand.device)))  # [K, C]
         row = text.row_of(cand)
-        hit = ((text.chars[span][:, None, :] == self.markers) | (self.markers < 0)).all(-1)  # [K, 8]
+        hit = ((window[:, None, :] & self.marker_mask) == self.marker_chunks).all(-1)  # [K, 8]
         hit &= cand[:, None] + self.marker_len <= text.end[row, None]
         region_end = text.end.scatter_reduce(0, row[hit[:, 1]], cand[hit[:, 1]], "amin")
         hit[:, 4:] &= cand[:, None] + self.marker_len[4:] <= region_end[row, None]
         slot = (row[:, None] * M + torch.arange(M, device=cand.device))[hit]
         count = torch.bincount(slot, minlength=B * M).view(B, M)
-        first = text.end.repeat_interleave(M).scatter_reduce(0, slot, cand[:, None].expand(-1, M)[hit], "amin").view(B, M)
+        first = (
+            text.end.repeat_interleave(M).scatter_reduce(0, slot, cand[:, None].expand(-1, M)[hit], "amin").view(B, M)
+        )
         return _Markers(count, first, region_end, cand[hit[:, 4:].any(1)])
 
     def _words(self, text: _Flat) -> _Words:
-        N = len(text.chars)
-        code = self.char_code.index_select(0, text.chars)  # [N] 0 outside words
-        alnum = (code > 0).to(torch.int8)
-        edges = torch.nonzero(torch.diff(alnum, prepend=alnum.new_zeros(1))).squeeze(1)  # word starts, ends alternate
-        first, stop = edges[0::2], edges[1::2]  # the stream ends with a separator, so every word ends
-        if len(self.char_pow) < N + 1:
-            self.char_pow = _mod_powers(ref.CHAR_BASE, 2 * N + 1).to(code.device)
-            self.char_inv_pow = _mod_powers(pow(ref.CHAR_BASE, ref.HASH_MOD - 2, ref.HASH_MOD), 2 * N + 1).to(code.device)
-        prefix = torch.cat([code.new_zeros(1), (code * self.char_pow[:N]).cumsum(0)])  # [N + 1] sum of code * BASE**pos
-        shifted = (prefix[stop] - prefix[first]) % ref.HASH_MOD  # = key * BASE**first
-        key = shifted * self.char_inv_pow[first] % ref.HASH_MOD
-        return _Words(key, first, stop - first, text.row_of(first))
+        N = len(text.packed)
+        code = (text.packed >> CODE_SHIFT).bitwise_and_(63)  # [N] 0 outside words
+        edges = torch.nonzero(torch.diff(code > 0, prepend=code.new_zeros(1, dtype=torch.bool))).squeeze(1)
+        first, stop = edges[0::2].contiguous(), edges[1::2].contiguous()  # alternate; the stream ends with a separator
+        prefix = _prefix_sum(code.mul_(self._pow(ref.CHAR_BASE, N, code.device)))  # [N + 1] sum of code * BASE**pos
+        shifted = (prefix.index_select(0, stop) - prefix.index_select(0, first)) % ref.HASH_MOD  # = key * BASE**first
+        key = shifted * self._pow(_inverse(ref.CHAR_BASE), N, code.device).index_select(0, first) % ref.HASH_MOD
+        entry = self.word_table.index_select(0, key & (len(self.word_table) - 1))
+        flags = torch.where(entry >> 3 == key, entry & 7, 0)
+        return _Words(key, first, stop - first, text.row_of(first), flags)
 
     # ------------------------------------------------------------------ components
 
@@ -340,8 +443,7 @@ class SIPReward:
         ok = (marks.count[:, 2] == 1) & (marks.count[:, 3] == 1) & (a <= b)
         a, b = torch.where(ok, a, 0), torch.where(ok, b, 0)
         ns = text.n_nonblank
-        letter_pos = torch.searchsorted(ns, ns[a] + 1) - 1  # first non-blank byte at or after a
-        letter = text.chars[letter_pos.clamp(max=len(text.chars) - 1)] - ord("A")
+        letter = text.bytes_at(torch.searchsorted(ns, ns[a] + 1) - 1) - ord("A")  # first non-blank byte at or after a
         ok &= (ns[b] - ns[a] == 1) & (letter >= 0) & (letter < n_options)
         return torch.where(ok, letter, -1)
 
@@ -375,79 +477,96 @@ class SIPReward:
 
     @staticmethod
     def _stage_of(words: _Words, seg: Tensor) -> Tensor:
-        """[NW] stage whose segment holds each word's start (segments are disjoint), 4 for none."""
-        bounds = seg.view(len(seg), 8).index_select(0, words.row).view(-1, 4, 2)  # [NW, 4, 2]
-        inside = (words.start[:, None] >= bounds[..., 0]) & (words.start[:, None] < bounds[..., 1])  # [NW, 4]
-        return torch.where(inside.any(1), inside.to(torch.int8).argmax(1), 4)
-
-
+        """[NW] stage whose segment holds each word's start, 4 for none. Segments are disjoint and
+        those of present stages start at distinct positions, so the only candidate is the one with
+        the last start at or before the word's (a sentinel segment [-1, -1) comes first)."""
+        never = seg.new_full((1,), -1)
+        begin, end = torch.cat([never, seg[..., 0].flatten()]), torch.cat([never, seg[..., 1].flatten()])
+        label = torch.cat([never.new_full((1,), 4), torch.arange(seg.shape[0] * 4, device=seg.device) & 3])
+        begin, order = begin.sort()
+        cand = order.index_select(0, torch.searchsorted(begin, words.start, right=True) - 1)
+        return torch.where(words.start < end.index_select(0, cand), label.index_select(0, cand), 4)
 
     def _structure(self, counts: Tensor, firsts: Tensor, n_content: Tensor) -> tuple[Tensor, Tensor]:
         """[B] structure score and [B, 4] good stages (present with enough content words)."""
-        B, n = counts.shape
+        n = counts.shape[1]
         good = (counts > 0) & (n_content >= self.config.min_stage_words)
-        both = (counts[:, :, None] > 0) & (counts[:, None, :] > 0) & (firsts[:, :, None] < firsts[:, None, :])  # [B, 4, 4]
+        both = (
+            (counts[:, :, None] > 0) & (counts[:, None, :] > 0) & (firsts[:, :, None] < firsts[:, None, :])
+        )  # [B, 4, 4]
         ordered = torch.triu(both, diagonal=1).sum((1, 2))
         extra = (counts - 1).clamp(min=0).sum(1)
         raw = 0.5 * good.double().mean(1) + 0.5 * ordered.double() / (n * (n - 1) / 2)
         return raw * (1.0 - self.config.stage_repeat_penalty * extra.double()).clamp(min=0.0), good
 
-    def _content(self, words: _Words, stage: Tensor, content: Tensor, good: Tensor, feats: ItemFeatures, items: Tensor, chosen: Tensor) -> Tensor:
+    def _content(
+        self,
+        words: _Words,
+        stage: Tensor,
+        slot: Tensor,
+        unknown: Tensor,
+        per_stage: Tensor,
+        good: Tensor,
+        feats: ItemFeatures,
+        items: Tensor,
+        chosen: Tensor,
+        ngrams: tuple[Tensor, Tensor],
+    ) -> Tensor:
+        """per_stage [B, 4, 3]: content words, those in the lexicon, mental-state words; unknown
+        [NW]: content words outside the lexicon, to look up in the item's story/question/options."""
         B, cfg = len(items), self.config
-        grounded = _member(feats.grounded[items], words.row, words.key)
-        n_content = _per_stage(words.row, stage, content, B)
-        precision = _per_stage(words.row, stage, content & grounded, B) / n_content.clamp(min=1)
-        mental = _per_stage(words.row, stage, _in_sorted(words.key, self.mental), B)[:, 1]
+        checked = torch.nonzero(unknown & (stage < 4)).squeeze(1)
+        in_context = _member(
+            feats.context[items], words.row.index_select(0, checked), words.key.index_select(0, checked)
+        )
+        grounded = per_stage[..., 1] + _per_stage(slot.index_select(0, checked), in_context[:, None], B)[..., 0]
         option = feats.options[items, chosen.clamp(min=0)]  # [B, O]
-        term = torch.stack(
-            [
-                self._coverage(words, stage == 0, feats.entities[items]),
-                (mental / cfg.mental_target).clamp(max=1.0),
-                self._coverage(words, stage == 2, feats.question[items]),
-                torch.where(chosen >= 0, self._coverage(words, stage == 3, option), 0.0),
-            ],
-            1,
-        )  # [B, 4]
-        g = cfg.grounding_weight
-        per_stage = good * (g * precision + (1 - g) * term) * _tolerance(self._copied(words, stage, feats.story_ngrams[items]), cfg.copy_tolerance)
-        return per_stage.mean(1)
-
-    @staticmethod
-    def _coverage(words: _Words, inside: Tensor, targets: Tensor) -> Tensor:
-        """[B] share of each row's targets [B, S] (padded with HASH_MOD) among its words where inside [NW]; 1 if no targets."""
-        B, S = targets.shape
-        flat = torch.cat([(torch.arange(B, device=targets.device)[:, None] << KEY_BITS | targets).flatten(), targets.new_full((1,), BIG)])
-        query = words.row[inside] << KEY_BITS | words.key[inside]
-        at = torch.searchsorted(flat, query)
-        found = torch.zeros(B * S + 1, dtype=torch.bool, device=targets.device)
-        found[at[flat[at] == query]] = True
-        valid = targets != ref.HASH_MOD
-        hits = (found[:-1].view(B, S) & valid).sum(1)
-        return torch.where(valid.any(1), hits / valid.sum(1).clamp(min=1), 1.0)
+        entities, question, support = _coverage(
+            words, stage, (feats.entities[items], feats.question[items], option), (0, 2, 3)
+        )
+        mental = (per_stage[:, 1, 2] / cfg.mental_target).clamp(max=1.0)
+        term = torch.stack([entities, mental, question, torch.where(chosen >= 0, support, 0.0)], 1)  # [B, 4]
+        g, precision = cfg.grounding_weight, grounded / per_stage[..., 0].clamp(min=1)
+        copied = self._copied(words, stage, feats.story_ngrams[items], *ngrams)
+        return (good * (g * precision + (1 - g) * term) * _tolerance(copied, cfg.copy_tolerance)).mean(1)
 
     def _ngrams(self, words: _Words, n: int) -> tuple[Tensor, Tensor]:
-        """Keys [NG] of all runs of n consecutive words within one row, and each run's first word."""
-        first = torch.arange(max(len(words.key) - n + 1, 0), device=words.key.device)
-        first = first[words.row[first] == words.row[first + n - 1]]
-        key = sum(words.key[first + j] * self.ngram_pow[j] % ref.HASH_MOD for j in range(n)) % ref.HASH_MOD
-        return key, first
+        """Keys [m] (m = NW - n + 1) of the runs of n consecutive words from each word on, and
+        whether each run lies within one row; from prefix sums of key * NGRAM_BASE**position."""
+        NW, device = len(words.key), words.key.device
+        m = max(NW - n + 1, 0)
+        prefix = _prefix_sum(words.key * self._pow(ref.NGRAM_BASE, NW, device) % ref.HASH_MOD)  # [NW + 1]
+        shifted = (prefix[n : n + m] - prefix[:m]) % ref.HASH_MOD  # = key * NGRAM_BASE**first
+        key = shifted * self._pow(_inverse(ref.NGRAM_BASE), m, device) % ref.HASH_MOD
+        return key, words.row[:m] == words.row[n - 1 : n - 1 + m]
 
-    def _copied(self, words: _Words, stage: Tensor, story_ngrams: Tensor) -> Tensor:
+    def _copied(self, words: _Words, stage: Tensor, story_ngrams: Tensor, key: Tensor, valid: Tensor) -> Tensor:
         """[B, 4] share of each stage's word n-grams found verbatim in the item's story (0 if none)."""
-        n, B = self.config.copy_ngram, len(story_ngrams)
-        key, first = self._ngrams(words, n)
-        row, where = words.row[first], stage[first]
-        where = torch.where(where == stage[first + n - 1], where, 4)
-        hit = _member(story_ngrams, row, key)
-        return _per_stage(row, where, hit, B) / _per_stage(row, where, torch.ones_like(hit), B).clamp(min=1)
+        n, B, m = self.config.copy_ngram, len(story_ngrams), len(key)
+        where = stage[:m]
+        inside = torch.nonzero(valid & (where < 4) & (where == stage[n - 1 : n - 1 + m])).squeeze(1)
+        row = words.row.index_select(0, inside)
+        hit = _member(story_ngrams, row, key.index_select(0, inside))
+        counts = _per_stage(row * 5 + where.index_select(0, inside), torch.stack([hit, torch.ones_like(hit)], 1), B)
+        return counts[..., 0] / counts[..., 1].clamp(min=1)
 
-    def _repetition(self, words: _Words, B: int) -> Tensor:
+    def _repetition(self, words: _Words, B: int, key: Tensor, valid: Tensor) -> Tensor:
         """[B] repetition factor from the share of each row's word n-grams that repeat an earlier one."""
-        key, first = self._ngrams(words, self.config.rep_ngram)
-        combined = (words.row[first] << KEY_BITS | key).sort().values
-        row = combined >> KEY_BITS
-        repeated = torch.bincount(row[1:][combined[1:] == combined[:-1]], minlength=B)
-        return _tolerance(repeated / torch.bincount(row, minlength=B).clamp(min=1), self.config.rep_tolerance)
+        m, device = len(key), key.device
+        row = words.row[:m]
+        unique = -1 - torch.arange(m, device=device)  # runs across rows: distinct negative keys, never repeats
+        combined = torch.where(valid, row << KEY_BITS | key, unique).sort().values
+        repeated = torch.zeros(B, dtype=torch.long, device=device)
+        repeated.index_add_(0, (combined[1:] >> KEY_BITS).clamp(min=0), (combined[1:] == combined[:-1]).long())
+        total = torch.zeros(B, dtype=torch.long, device=device).index_add_(0, row, valid.long())
+        return _tolerance(repeated / total.clamp(min=1), self.config.rep_tolerance)
+
+    def _pow(self, base: int, n: int, device: torch.device) -> Tensor:
+        """[n] base**j mod HASH_MOD, from a cache grown by doubling."""
+        have = self._powers.get(base)
+        if have is None or len(have) < n or have.device != device:
+            self._powers[base] = have = _mod_powers(base, 2 * n + 1).to(device)
+        return have[:n]
 
     def _length(self, n_tokens: Tensor) -> Tensor:
         cfg = self.config
@@ -462,7 +581,7 @@ class SIPReward:
         if self._content_model is None:
             self._content_model = _StageClassifier(self.config, good.device)
         rows, stages = torch.nonzero(good, as_tuple=True)
-        chars = text.chars.to("cpu", torch.uint8).numpy().tobytes()
+        chars = (text.packed & 255).to("cpu", torch.uint8).numpy().tobytes()
         pairs = [
             (feats.prompts[i], f"{self.fmt.stage_header(k)} {chars[a:b].decode(errors='replace').strip()}")
             for i, k, (a, b) in zip(items[rows].tolist(), stages.tolist(), seg[rows, stages].tolist())
@@ -472,9 +591,70 @@ class SIPReward:
         return scores.mean(1)
 
 
-def _per_stage(row: Tensor, stage: Tensor, weight: Tensor, B: int) -> Tensor:
-    """[B, 4] sum of weight [n] over the words or n-grams (rows [n], stages [n] in 0..4) in each stage."""
-    return torch.bincount(row * 5 + stage, weight.double(), minlength=B * 5).view(B, 5)[:, :4]
+def _per_stage(slot: Tensor, flags: Tensor, B: int) -> Tensor:
+    """[B, 4, k] how many of the words (or n-grams) in buckets slot [n] = row * 5 + stage (4: no
+    stage) have each of flags [n, k] set."""
+    sums = torch.zeros(B * 5, flags.shape[1], dtype=torch.long, device=slot.device)
+    return sums.index_add_(0, slot, flags.long()).view(B, 5, -1)[:, :4]
+
+
+def _coverage(words: _Words, stage: Tensor, targets: tuple[Tensor, ...], stages: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """Per target set [B, S_i] (padded with HASH_MOD): [B] share of its keys among the words of
+    stages[i] in the same row, 1 if it has none; all sets in one lookup."""
+    B, device = len(targets[0]), stage.device
+    tagged = torch.cat(
+        [(torch.arange(B, device=device)[:, None] * 4 + k) << KEY_BITS | t for t, k in zip(targets, stages)], 1
+    )  # [B, S]
+    valid = torch.cat(targets, 1) != ref.HASH_MOD
+    where = torch.nonzero(valid.flatten()).squeeze(1)  # the distinct keys among tagged
+    inside = torch.nonzero(sum(stage == k for k in stages)).squeeze(1)
+    query = (
+        words.row.index_select(0, inside) * 4 + stage.index_select(0, inside)
+    ) << KEY_BITS | words.key.index_select(0, inside)
+    at = _KeyIndex(tagged.flatten()[where]).find(query)
+    found = torch.zeros(tagged.numel() + 1, dtype=torch.bool, device=device)
+    found[torch.cat([where, where.new_full((1,), tagged.numel())])[at]] = True  # misses (-1): the spare last entry
+    found = found[:-1].view(B, -1)
+    sizes = [t.shape[1] for t in targets]
+    return tuple(
+        torch.where(v.any(1), f.sum(1) / v.sum(1).clamp(min=1), 1.0)
+        for f, v in zip(found.split(sizes, 1), valid.split(sizes, 1))
+    )
+
+
+class _KeyIndex:
+    """Exact lookup of distinct int64 keys: open addressing with linear probing, built and probed
+    in vectorized rounds (round r tries slot home + r); faster than sorted search on CPU."""
+
+    def __init__(self, keys: Tensor):
+        bits = max(8, len(keys).bit_length() + 3)  # load factor <= 1/8
+        self.mask = (1 << bits) - 1
+        self.pos = torch.full((1 << bits,), -1, dtype=torch.long, device=keys.device)  # slot -> index into keys
+        home, pending, self.rounds = self._home(keys), torch.arange(len(keys), device=keys.device), 0
+        while len(pending):
+            slot = (home[pending] + self.rounds) & self.mask
+            free = self.pos[slot] < 0
+            self.pos[slot[free]] = pending[free]  # among claimants of one slot, one wins
+            pending = pending[self.pos[slot] != pending]
+            self.rounds += 1
+        self.slot_key = torch.where(self.pos >= 0, keys[self.pos.clamp(min=0)], -1)
+
+    def _home(self, keys: Tensor) -> Tensor:
+        return (keys ^ (keys >> KEY_BITS) * 0x9E3779B1) & self.mask  # mixes the row bits into the key bits
+
+    def find(self, query: Tensor) -> Tensor:
+        """[n] index of each query [n] among the keys, -1 if absent. A probe stops at its key or at
+        an empty slot: insertion filled every slot between a key's home and its own."""
+        out, active, slot = torch.full_like(query, -1), torch.arange(len(query), device=query.device), self._home(query)
+        for _ in range(self.rounds):
+            pos = self.pos.index_select(0, slot)
+            hit = self.slot_key.index_select(0, slot) == query
+            out.index_put_((active[hit],), pos[hit])
+            going = torch.nonzero((pos >= 0) & ~hit).squeeze(1)
+            if not len(going):
+                break
+            active, query, slot = active[going], query[going], (slot[going] + 1) & self.mask
+        return out
 
 
 class _StageClassifier:
@@ -486,33 +666,57 @@ class _StageClassifier:
 
         self.tokenizer = AutoTokenizer.from_pretrained(config.content_model)
         self.model = AutoModelForSequenceClassification.from_pretrained(config.content_model).to(device).eval()
-        self.batch_size, self.max_length, self.device = config.content_model_batch_size, config.content_model_max_length, device
+        self.batch_size, self.max_length = config.content_model_batch_size, config.content_model_max_length
+        self.device = device
 
     @torch.no_grad()
     def __call__(self, pairs: list[tuple[str, str]]) -> Tensor:
         scores = [torch.zeros(0, device=self.device)]
         for i in range(0, len(pairs), self.batch_size):
             prompts, segments = zip(*pairs[i : i + self.batch_size])
-            enc = self.tokenizer(list(prompts), list(segments), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+            enc = self.tokenizer(
+                list(prompts),
+                list(segments),
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
             logits = self.model(**enc.to(self.device)).logits.float()  # [b, labels]
             scores.append(torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(-1)[:, -1])
         return torch.cat(scores)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run with n torch threads (n <= 0: unchanged)."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _prefix_sum(x: Tensor) -> Tensor:
+    """[n + 1] sums of x [n] before each position."""
+    out = torch.zeros(len(x) + 1, dtype=torch.long, device=x.device)
+    torch.cumsum(x, 0, out=out[1:])
+    return out
+
+
+def _chunks(b: Tensor) -> Tensor:
+    """Bytes [..., L] as little-endian 7-byte integers [..., ceil(L / 7)], for fewer comparisons."""
+    b = torch.nn.functional.pad(b, (0, -b.shape[-1] % 7)).unflatten(-1, (-1, 7))
+    return (b << torch.arange(0, 56, 8, device=b.device)).sum(-1)
 
 
 def _tolerance(frac: Tensor, tolerance: float) -> Tensor:
     return ((1.0 - frac) / (1.0 - tolerance)).clamp(0.0, 1.0)
 
 
-def _in_sorted(key: Tensor, values: Tensor) -> Tensor:
-    """[n] whether each key [n] is in the sorted 1-D values."""
-    at = torch.searchsorted(values, key).clamp(max=len(values) - 1)
-    return values[at] == key
-
-
 def _member(sets: Tensor, row: Tensor, key: Tensor) -> Tensor:
-    """[n] whether key [n] is in row `row` [n] of sets [B, S] (each row sorted, padded HASH_MOD)."""
-    B = sets.shape[0]
-    flat = (torch.arange(B, device=sets.device)[:, None] << KEY_BITS | sets).flatten()
-    flat = torch.cat([flat, flat.new_full((1,), BIG)])
-    query = row << KEY_BITS | key
-    return flat[torch.searchsorted(flat, query)] == query
+    """[n] whether key [n] is in row `row` [n] of sets [B, S] (padded with HASH_MOD)."""
+    tagged = torch.arange(len(sets), device=sets.device)[:, None] << KEY_BITS | sets
+    return _KeyIndex(tagged[sets != ref.HASH_MOD]).find(row << KEY_BITS | key) >= 0

@@ -14,7 +14,9 @@ from socialr1.sip import SIPFormat
 UNICODE = ["é", "ü", "中文", "😀", "\u200b", "\xa0", "Ｂ", "e\u0301", "—", "«»", "\ufffd", "İ", "K"]
 
 
-def good_trace(item: MCQItem, fmt: SIPFormat, rng: random.Random, filler: Sequence[str] = (), extra: int = 0) -> list[str]:
+def good_trace(
+    item: MCQItem, fmt: SIPFormat, rng: random.Random, filler: Sequence[str] = (), extra: int = 0
+) -> list[str]:
     """Stage texts of a genuine trace: the item's gold stages, each padded with `extra` sentences drawn from filler."""
     return [s + "".join(" " + rng.choice(filler) for _ in range(extra)) for s in item.gold_stages]
 
@@ -44,7 +46,9 @@ def mutated(item: MCQItem, fmt: SIPFormat, rng: random.Random, filler: Sequence[
             i = rng.randrange(len(stages))
             stages[i] = (stages[i][0], item.story)
         elif op == 5:  # wrong, invalid, lower-case, several or no letters
-            letter = rng.choice([*LETTERS[: len(item.options) + 2], "a", "b", "A, B", "AB", " ", "", "Option B", letter * 2])
+            letter = rng.choice(
+                [*LETTERS[: len(item.options) + 2], "a", "b", "A, B", "AB", " ", "", "Option B", letter * 2]
+            )
     think = "\n".join(_stage(fmt, k, t) for k, t in stages)
     answer = f"{fmt.answer_open}{letter}{fmt.answer_close}"
     text = f"{fmt.think_open}\n{think}\n{fmt.think_close}\n{answer}"
@@ -59,7 +63,13 @@ def _insert(text: str, piece: str, rng: random.Random) -> str:
 
 
 def _text_mutation(op: int, text: str, fmt: SIPFormat, item: MCQItem, rng: random.Random) -> str:
-    markers = [fmt.think_open, fmt.think_close, fmt.answer_open, fmt.answer_close, *map(fmt.stage_header, range(len(fmt.stages)))]
+    markers = [
+        fmt.think_open,
+        fmt.think_close,
+        fmt.answer_open,
+        fmt.answer_close,
+        *map(fmt.stage_header, range(len(fmt.stages))),
+    ]
     if op == 6:  # remove a marker
         m = rng.choice(markers)
         return text.replace(m, "", 1)
@@ -85,7 +95,11 @@ def _text_mutation(op: int, text: str, fmt: SIPFormat, item: MCQItem, rng: rando
 
 
 def tokenize_batch(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], rng: random.Random, max_tokens: int, truncate_p: float = 0.15
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    rng: random.Random,
+    max_tokens: int,
+    truncate_p: float = 0.15,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded completion ids [B, T] and mask [B, T] as the trainer builds them: each row ends
     with <|im_end|> unless it is cut at max_tokens or (with prob truncate_p) earlier."""
@@ -105,7 +119,11 @@ def tokenize_batch(
 
 
 def corpus(
-    items: Sequence[MCQItem], n: int, seed: int, fmt: SIPFormat = SIPFormat(), extra: Callable[[random.Random], int] = lambda rng: 0
+    items: Sequence[MCQItem],
+    n: int,
+    seed: int,
+    fmt: SIPFormat = SIPFormat(),
+    extra: Callable[[random.Random], int] = lambda rng: 0,
 ) -> tuple[list[str], list[int]]:
     """n fuzzed completions and the index of the item each answers."""
     rng = random.Random(seed)

@@ -4,7 +4,9 @@
 Also home of the word-level vocabulary both sides share: what a word is, how it is hashed, the
 stopword and mental-state lists, and the per-item targets (computed once per item, in Python).
 
-Text conventions, chosen so that a byte-level tensor implementation sees exactly the same thing:
+The text scored is the completion decoded with special tokens dropped (`<think>` kept; bytes of a
+character cut by truncation decode to U+FFFD). Conventions, chosen so that a byte-level tensor
+implementation sees exactly the same thing:
 - a *word* is a maximal run of ASCII letters/digits; anything else separates words;
 - a word's identity is its case-folded polynomial hash `word_key` (31 bits), an n-gram's is
   `ngram_key`;
@@ -100,7 +102,9 @@ def words(text: str) -> list[Word]:
 
 def ngrams(ws: Sequence[Word], n: int) -> list[tuple[int, int, int]]:
     """(first word's start, last word's start, key) of every run of n consecutive words."""
-    return [(ws[i].start, ws[i + n - 1].start, ngram_key([w.key for w in ws[i : i + n]])) for i in range(len(ws) - n + 1)]
+    return [
+        (ws[i].start, ws[i + n - 1].start, ngram_key([w.key for w in ws[i : i + n]])) for i in range(len(ws) - n + 1)
+    ]
 
 
 def content_keys(text: str) -> frozenset[int]:
@@ -226,7 +230,10 @@ def stage_segments(text: str, fmt: SIPFormat) -> tuple[list[int], list[int], lis
     headers = [fmt.stage_header(k) for k in range(len(fmt.stages))]
     occ = [[p for p in find_all(text, h) if p + len(h) <= region_end] for h in headers]
     starts = sorted(p for ps in occ for p in ps)
-    segments = [(ps[0] + len(h), min([s for s in starts if s > ps[0]] + [region_end])) if ps else (0, 0) for ps, h in zip(occ, headers)]
+    segments = [
+        (ps[0] + len(h), min([s for s in starts if s > ps[0]] + [region_end])) if ps else (0, 0)
+        for ps, h in zip(occ, headers)
+    ]
     return [len(ps) for ps in occ], [ps[0] if ps else -1 for ps in occ], segments
 
 
@@ -253,7 +260,12 @@ def coverage(targets: Sequence[int] | frozenset[int], present: set[int]) -> floa
 
 
 def content_score(
-    segments: list[tuple[int, int]], good: list[bool], ws: list[Word], item: ItemTargets, chosen: int, config: RewardConfig
+    segments: list[tuple[int, int]],
+    good: list[bool],
+    ws: list[Word],
+    item: ItemTargets,
+    chosen: int,
+    config: RewardConfig,
 ) -> float:
     """Mean over stages of: good * (g * grounding precision + (1 - g) * stage term) * copy factor.
     Precision: share of the stage's content words found in story/question/options or the
@@ -294,12 +306,23 @@ def repetition_factor(ws: list[Word], config: RewardConfig) -> float:
 def combine(parts: dict[str, float], tau: float, config: RewardConfig) -> float:
     shaped = tau * (config.w_structure * parts["structure"] + config.w_content * parts["content"])
     if config.mode == "additive":
-        return config.w_format * parts["format"] + config.w_accuracy * parts["accuracy"] + shaped + config.w_length * parts["length"]
+        return (
+            config.w_format * parts["format"]
+            + config.w_accuracy * parts["accuracy"]
+            + shaped
+            + config.w_length * parts["length"]
+        )
     return parts["format"] * (config.w_accuracy * parts["accuracy"] + shaped) * parts["length"]
 
 
 def reference_scores(
-    text: str, item: ItemTargets, n_tokens: int, step: int, total_steps: int, config: RewardConfig, fmt: SIPFormat = SIPFormat()
+    text: str,
+    item: ItemTargets,
+    n_tokens: int,
+    step: int,
+    total_steps: int,
+    config: RewardConfig,
+    fmt: SIPFormat = SIPFormat(),
 ) -> dict[str, float]:
     """All reward components of one decoded completion (special tokens dropped) of n_tokens tokens."""
     chosen = choice(text, fmt, item.n_options)

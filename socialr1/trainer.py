@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 
 from socialr1 import distributed as D
 from socialr1.checkpoint import save_hf
-from socialr1.config import OptimConfig, TrainConfig
+from socialr1.config import ConfigError, OptimConfig, TrainConfig
 from socialr1.data import load_items
 from socialr1.evaluate import evaluate
 from socialr1.grpo import group_advantages, microbatch_weight, zero_std_fraction
@@ -54,7 +54,7 @@ class Trainer:
         on_cuda = self.world.device.type == "cuda"
         self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and on_cuda) else torch.float32
         if cfg.rollout.prompts_per_step % self.world.size:
-            raise ValueError(f"--rollout.prompts-per-step {cfg.rollout.prompts_per_step} must divide by the {self.world.size} ranks")
+            raise ConfigError(f"--rollout.prompts-per-step {cfg.rollout.prompts_per_step} must divide by the {self.world.size} ranks")
 
         self.items, self.eval_items = self._load_data()
         lm, self.tokenizer = self._load_model()
@@ -63,7 +63,7 @@ class Trainer:
         self.items, self.prompts = self._encode(self.items, "training")
         self.eval_items, self.eval_prompts = self._encode(self.eval_items, "eval")
         if not self.items:
-            raise ValueError(f"no training item fits in --data.max-prompt-tokens {cfg.data.max_prompt_tokens}")
+            raise ConfigError(f"no training item fits in --data.max-prompt-tokens {cfg.data.max_prompt_tokens}")
         if cfg.warmstart.steps:
             targets = gold_completions(self.tokenizer, self.items, cfg.sip)
             losses = warm_start(lm, self.prompts, targets, self.pad_id, cfg.warmstart, cfg.seed, self.world.is_main)

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from socialr1.config import WarmStartConfig
+from socialr1.config import ConfigError, WarmStartConfig
 from socialr1.items import MCQItem
 from socialr1.sip import SIPFormat
 
@@ -23,7 +23,7 @@ def gold_completions(
 ) -> list[list[int]]:
     missing = [it.source for it in items if it.gold_stages is None]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"warm start needs gold SIP traces, which only generated items have "
             f"(--data.synthetic N); {len(missing)} items lack them, first: {missing[0]}"
         )

@@ -10,7 +10,7 @@ import torch
 from socialr1 import rewards_fuzz as fuzz
 from socialr1 import rewards_reference as ref
 from socialr1.items import MCQItem
-from socialr1.rewards import RewardConfig, SIPReward
+from socialr1.rewards import RewardConfig, SIPReward, _token_bytes
 from socialr1.sip import SIPFormat
 from socialr1.synthetic import generate_items
 from socialr1.tiny import build_tokenizer
@@ -29,11 +29,12 @@ def tokenizer():
 
 def reference(tokenizer, ids, mask, items, index, step, config, fmt=FMT) -> dict[str, torch.Tensor]:
     """The per-sample reference on the decoded rows of a token batch."""
-    rows = []
+    rows, targets = [], {}
     for row, m, i in zip(ids.tolist(), mask.tolist(), index.tolist()):
         n = sum(m)
         text = tokenizer.decode(row[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        rows.append(ref.reference_scores(text, ref.item_targets(items[i], config), n, step, TOTAL_STEPS, config, fmt))
+        target = targets.setdefault(i, ref.item_targets(items[i], config))
+        rows.append(ref.reference_scores(text, target, n, step, TOTAL_STEPS, config, fmt))
     return {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in KEYS}
 
 
@@ -42,7 +43,9 @@ def assert_same(vec: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> 
         assert torch.equal(vec[k].double(), want[k]), k
     for k in KEYS:
         bad = ((vec[k].double() - want[k]).abs() > 1e-6).nonzero().flatten().tolist()
-        assert not bad, f"{k}: rows {bad[:5]}: vectorized {vec[k][bad[:5]].tolist()} reference {want[k][bad[:5]].tolist()}"
+        assert not bad, (
+            f"{k}: rows {bad[:5]}: vectorized {vec[k][bad[:5]].tolist()} reference {want[k][bad[:5]].tolist()}"
+        )
 
 
 def fuzz_check(tokenizer, config, fmt, n, seed, max_tokens, step) -> dict[str, torch.Tensor]:
@@ -61,7 +64,7 @@ def fuzz_check(tokenizer, config, fmt, n, seed, max_tokens, step) -> dict[str, t
 
 
 def test_fuzzed_corpus_matches_reference(tokenizer):
-    scores = fuzz_check(tokenizer, RewardConfig(), FMT, n=2400, seed=0, max_tokens=320, step=50)
+    scores = fuzz_check(tokenizer, RewardConfig(), FMT, n=4000, seed=0, max_tokens=320, step=50)
     # the corpus exercises every branch: both outcomes of format and accuracy, partial structure
     for k in ("format", "accuracy"):
         assert 0.2 < scores[k].mean() < 0.9, k
@@ -78,7 +81,15 @@ def test_other_markers_and_settings_match_reference(tokenizer):
         stages=("Encode", "Interpret", "Clarify", "Respond"),
         stage_suffix=" -",
     )
-    config = RewardConfig(mode="additive", rep_ngram=2, copy_ngram=3, min_stage_words=1, mental_target=1, max_entities=3, copy_tolerance=0.0)
+    config = RewardConfig(
+        mode="additive",
+        rep_ngram=2,
+        copy_ngram=3,
+        min_stage_words=1,
+        mental_target=1,
+        max_entities=3,
+        copy_tolerance=0.0,
+    )
     scores = fuzz_check(tokenizer, config, fmt, n=800, seed=1, max_tokens=200, step=40)
     assert scores["format"].mean() > 0.2
 
@@ -110,17 +121,19 @@ def hacks(item: MCQItem) -> dict[str, str]:
 def test_known_hacks_never_beat_a_genuine_trace(tokenizer, mode):
     reward = SIPReward(tokenizer, RewardConfig(mode=mode), total_steps=TOTAL_STEPS)
     items = ITEMS[:20]
-    names = list(hacks(items[0]))
-    texts = [genuine(it) for it in items] + [hacks(it)[name] for it in items for name in names]
-    answers = [it.answer_letter for it in items] * (1 + len(names))
-    kwargs = dict(questions=[it.question for it in items] * (1 + len(names)), options=[it.options for it in items] * (1 + len(names)))
-    stories = [it.story for it in items] * (1 + len(names))
+    variants = [hacks(it) for it in items]
+    names = list(variants[0])
+    texts = [genuine(it) for it in items] + [v[name] for name in names for v in variants]  # blocks of len(items)
+    block = len(items)
+    answers, stories = [it.answer_letter for it in items], [it.story for it in items]
+    questions, options = [it.question for it in items], [it.options for it in items]
     for step in (0, 50, 100):
-        s = reward.score_texts(texts[: len(items)] + texts[len(items) :], answers, stories, step, **{k: v for k, v in kwargs.items()})
-        good = s["total"][: len(items)]
-        assert (s["format"][: len(items)] == 1).all() and (s["accuracy"][: len(items)] == 1).all()
-        for j, name in enumerate(names):
-            hacked = s["total"][len(items) * (j + 1) : len(items) * (j + 2)]
+        n = 1 + len(names)
+        s = reward.score_texts(texts, answers * n, stories * n, step, questions * n, options * n)
+        good = s["total"][:block]
+        assert (s["format"][:block] == 1).all() and (s["accuracy"][:block] == 1).all()
+        for j, name in enumerate(names, start=1):
+            hacked = s["total"][block * j : block * (j + 1)]
             assert (hacked <= good + 1e-6).all(), f"{name} at step {step}: {hacked.tolist()} vs {good.tolist()}"
             if step == 100:
                 assert hacked.mean() < good.mean(), name
@@ -131,10 +144,24 @@ def test_component_verdicts_on_hacks(tokenizer):
     item = ITEMS[5]
     h = hacks(item)
     names = ["genuine", *h]
-    s = reward.score_texts([genuine(item), *h.values()], [item.answer_letter] * len(names), [item.story] * len(names), 100, [item.question] * len(names), [item.options] * len(names))
+    s = reward.score_texts(
+        [genuine(item), *h.values()],
+        [item.answer_letter] * len(names),
+        [item.story] * len(names),
+        100,
+        [item.question] * len(names),
+        [item.options] * len(names),
+    )
     got = {n: {k: s[k][i].item() for k in KEYS} for i, n in enumerate(names)}
     assert got["genuine"]["structure"] == 1 and got["genuine"]["content"] > 0.4 and got["genuine"]["length"] > 0.5
-    for name in ("all letters", "letters glued", "answer outside tags", "bare letter", "several answers", "two answers"):
+    for name in (
+        "all letters",
+        "letters glued",
+        "answer outside tags",
+        "bare letter",
+        "several answers",
+        "two answers",
+    ):
         assert got[name]["accuracy"] == 0 and got[name]["format"] == 0, name
     assert got["headers only"]["content"] == 0 and got["headers only"]["structure"] == 0.5
     assert got["headers with filler"]["content"] == 0
@@ -148,11 +175,18 @@ def test_wrong_letter_and_partial_structure(tokenizer):
     item = ITEMS[7]
     st = list(item.gold_stages)
     wrong = next(x for x in item.letters if x != item.answer_letter)
-    swapped = FMT.render(st, item.answer_letter).replace("Cue Encoding:", "@@").replace("Goal Clarification:", "Cue Encoding:").replace("@@", "Goal Clarification:")
+    swapped = (
+        FMT.render(st, item.answer_letter)
+        .replace("Cue Encoding:", "@@")
+        .replace("Goal Clarification:", "Cue Encoding:")
+        .replace("@@", "Goal Clarification:")
+    )
     dropped = FMT.render(st, item.answer_letter).replace("Cue Interpretation:", "")
     repeated = FMT.render([st[0], st[1] + "\nCue Interpretation: " + st[1], st[2], st[3]], item.answer_letter)
     texts = [FMT.render(st, item.answer_letter), FMT.render(st, wrong), swapped, dropped, repeated]
-    s = reward.score_texts(texts, [item.answer_letter] * 5, [item.story] * 5, 100, [item.question] * 5, [item.options] * 5)
+    s = reward.score_texts(
+        texts, [item.answer_letter] * 5, [item.story] * 5, 100, [item.question] * 5, [item.options] * 5
+    )
     assert s["accuracy"].tolist() == [1, 0, 1, 1, 1] and s["format"].tolist() == [1, 1, 1, 1, 1]
     assert s["structure"][0] == 1 and all(0 < s["structure"][i] < 1 for i in (2, 3, 4))
 
@@ -182,13 +216,37 @@ def test_token_and_text_entry_points_agree(tokenizer):
     items = ITEMS[:8]
     texts = [genuine(it) for it in items[:4]] + [hacks(it)["story in every stage"] for it in items[4:]]
     rng = random.Random(0)
-    ids, mask = fuzz.tokenize_batch(tokenizer, texts, rng, max_tokens=10_000, truncate_p=0.0)  # rows end with <|im_end|>
+    ids, mask = fuzz.tokenize_batch(
+        tokenizer, texts, rng, max_tokens=10_000, truncate_p=0.0
+    )  # rows end with <|im_end|>
     feats = reward.encode_items(list(reversed(items)))
     perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(0))
-    by_ids = reward.score(ids[perm], mask[perm].int(), feats, (len(items) - 1 - torch.arange(len(items)))[perm], 70)
-    by_text = reward.score_texts(texts, [it.answer_letter for it in items], [it.story for it in items], 70, [it.question for it in items], [it.options for it in items])
+    index = (len(items) - 1 - torch.arange(len(items)))[perm]
+    with_eos = reward.score(ids[perm], mask[perm].int(), feats, index, 70)
+    no_eos = mask.clone()
+    no_eos[torch.arange(len(items)), mask.sum(1) - 1] = 0
+    without_eos = reward.score(ids[perm], no_eos[perm], feats, index, 70)
+    by_text = reward.score_texts(
+        texts,
+        [it.answer_letter for it in items],
+        [it.story for it in items],
+        70,
+        [it.question for it in items],
+        [it.options for it in items],
+    )
     for k in KEYS:
-        assert torch.equal(by_ids[k], by_text[k][perm]), k
+        assert torch.equal(without_eos[k], by_text[k][perm]), k
+    for k in ("format", "accuracy", "structure", "content"):  # <|im_end|> only counts as one more token
+        assert torch.equal(with_eos[k], by_text[k][perm]), k
+    assert (with_eos["length"] != by_text["length"][perm]).all()
+
+
+def test_cpu_threads_setting_is_restored(tokenizer):
+    before = torch.get_num_threads()
+    item = ITEMS[0]
+    for threads in (0, 1, 2):
+        SIPReward(tokenizer, RewardConfig(cpu_threads=threads)).score_texts([genuine(item)], ["A"], [item.story], 0)
+        assert torch.get_num_threads() == before
 
 
 def test_score_texts_without_options_accepts_letters_a_to_d(tokenizer):
@@ -201,12 +259,19 @@ def test_score_texts_without_options_accepts_letters_a_to_d(tokenizer):
 
 def test_byte_table_matches_decode(tokenizer):
     reward = SIPReward(tokenizer, RewardConfig())
-    for i in range(len(tokenizer)):
-        start, n = reward.vocab_start[i].item(), reward.vocab_len[i].item()
-        got = bytes(reward.vocab_bytes[start : start + n].tolist())
+    pieces = _token_bytes(tokenizer)
+    assert (
+        len(pieces) == len(tokenizer)
+        and pieces[tokenizer.eos_token_id] == b""
+        and pieces[tokenizer.pad_token_id] == b""
+    )
+    for i, piece in enumerate(pieces):
+        entry = reward.token_table[i].item()
+        start, n = entry >> 16, entry & 0xFFFF
+        assert bytes((reward.vocab_packed[start : start + n] & 255).tolist()) == piece
         want = tokenizer.decode([i], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        if "\ufffd" not in want:
-            assert got.decode() == want, i
+        if "\ufffd" not in want:  # a lone piece of a multi-byte character decodes to U+FFFD
+            assert piece.decode() == want, i
 
 
 def test_curriculum_and_length_window(tokenizer):
@@ -214,9 +279,14 @@ def test_curriculum_and_length_window(tokenizer):
     assert [ref.curriculum(s, 100, config) for s in (0, 30, 50, 70, 100)] == pytest.approx([0, 0, 0.5, 1, 1])
     reward = SIPReward(tokenizer, config, total_steps=100)
     item = ITEMS[1]
-    early, late = (reward.score_texts([genuine(item)], [item.answer_letter], [item.story], s, [item.question], [item.options]) for s in (10, 90))
+    early, late = (
+        reward.score_texts([genuine(item)], [item.answer_letter], [item.story], s, [item.question], [item.options])
+        for s in (10, 90)
+    )
     assert early["total"].item() == pytest.approx(early["length"].item())  # format = accuracy = 1, tau = 0
-    assert late["total"].item() == pytest.approx(late["length"].item() * (1 + 0.5 * late["structure"].item() + 0.5 * late["content"].item()))
+    assert late["total"].item() == pytest.approx(
+        late["length"].item() * (1 + 0.5 * late["structure"].item() + 0.5 * late["content"].item())
+    )
     window = reward._length(torch.tensor([0, 32, 400, 768, 2000]))
     assert window[1].item() == pytest.approx(0.5 * (1 - 1 / (1 + math.exp(10))), rel=1e-6)
     assert window[2] > 0.98 and window[0] < window[1] and window[4] < 0.01
@@ -226,21 +296,48 @@ def test_content_model_scores_stage_segments(tokenizer, tmp_path):
     from transformers import AutoModelForSequenceClassification, Qwen3Config
 
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     items = ITEMS[:6]
-    texts = [genuine(it) for it in items[:3]] + [FMT.render([it.gold_stages[0], "", "", it.gold_stages[3]], it.answer_letter) for it in items[3:]]
-    args = ([it.answer_letter for it in items], [it.story for it in items], 100, [it.question for it in items], [it.options for it in items])
-    small = SIPReward(tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=2), total_steps=100).score_texts(texts, *args)
-    large = SIPReward(tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=64), total_steps=100).score_texts(texts, *args)
+    texts = [genuine(it) for it in items[:3]] + [
+        FMT.render([it.gold_stages[0], "", "", it.gold_stages[3]], it.answer_letter) for it in items[3:]
+    ]
+    args = (
+        [it.answer_letter for it in items],
+        [it.story for it in items],
+        100,
+        [it.question for it in items],
+        [it.options for it in items],
+    )
+    small = SIPReward(
+        tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=2), total_steps=100
+    ).score_texts(texts, *args)
+    large = SIPReward(
+        tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=64), total_steps=100
+    ).score_texts(texts, *args)
     assert torch.allclose(small["content"], large["content"], atol=1e-5)
     assert ((small["content"] > 0) & (small["content"] < 1)).all()
     assert (small["content"][3:] <= 0.5).all()  # two of four stages empty: at most half
 
 
-def test_rejects_formats_it_cannot_score(tokenizer):
+def test_rejects_settings_it_cannot_score(tokenizer):
+    for bad in (dict(copy_tolerance=1.0), dict(rep_tolerance=-0.1), dict(len_min=500, len_max=100), dict(rep_ngram=0)):
+        with pytest.raises(ValueError):
+            RewardConfig(**bad)
     with pytest.raises(ValueError):
         SIPReward(tokenizer, RewardConfig(), fmt=SIPFormat(stages=("A", "B", "C")))
     with pytest.raises(ValueError):
-        SIPReward(tokenizer, RewardConfig(), fmt=SIPFormat(stages=("Cue", "Cue:x", "Goal", "Response"), stage_suffix=""))
+        SIPReward(
+            tokenizer, RewardConfig(), fmt=SIPFormat(stages=("Cue", "Cue:x", "Goal", "Response"), stage_suffix="")
+        )

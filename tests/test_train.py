@@ -1,0 +1,119 @@
+"""The trainer as a user meets it: the CLI, errors, checkpoints, the direction of an update."""
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import tyro
+from transformers import AutoModelForCausalLM
+
+from socialr1.checkpoint import save_hf
+from socialr1.config import PRESETS, ModelConfig, OptimConfig, TrainConfig
+from socialr1.models import ModelLoadError, load_pretrained
+from socialr1.policy import LossSettings, Policy
+from socialr1.rollout import Rollout, pad_left, stop_mask
+from socialr1.trainer import lr_lambda
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(*args: str) -> TrainConfig:
+    return tyro.extras.overridable_config_cli(PRESETS, args=list(args))
+
+
+def test_presets_follow_the_paper_and_flags_override():
+    cfg = parse("socialr1-4b")
+    assert (cfg.model.name_or_path, cfg.rollout.group_size, cfg.grpo.beta, cfg.optim.lr, cfg.steps) == (
+        "Qwen/Qwen3-4B", 5, 0.04, 5e-7, 600)
+    assert parse("socialr1-8b").model.name_or_path == "Qwen/Qwen3-8B"
+    demo = parse("demo", "--grpo.loss-type", "dr_grpo", "--rollout.group-size", "4")
+    assert demo.model.tiny and demo.grpo.loss_type == "dr_grpo" and demo.rollout.group_size == 4
+
+
+def test_help_explains_every_setting(capsys):
+    with pytest.raises(SystemExit):
+        parse("socialr1-4b", "--help")
+    text = capsys.readouterr().out
+    for phrase in ("KL coefficient", "--grpo.loss-type", "scale-rewards", "micro-batch", "warmup", "activation",
+                   "curriculum", "--data.fields.answer"):
+        assert phrase.lower() in text.lower(), phrase
+
+
+def test_offline_hub_name_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="--model.name-or-path ./Qwen3-4B"):
+        load_pretrained(ModelConfig(), torch.device("cpu"))
+
+
+def test_bad_settings_exit_with_one_line_naming_the_flag(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "demo", "--data.synthetic", "0", "--data.path", str(tmp_path / "missing.jsonl"),
+         "--output-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing.jsonl'}: no such file or folder"
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_lr_schedule_warms_up_then_decays(schedule):
+    f = lr_lambda(OptimConfig(schedule=schedule, warmup_steps=4), 20)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    last = {"constant": 1.0, "linear": 1 / 16, "cosine": 0.5 * (1 + math.cos(15 / 16 * math.pi))}[schedule]
+    assert f(19) == pytest.approx(last)
+
+
+def _gold_batch(tokenizer, items, lm_prompts):
+    from socialr1.sip import SIPFormat
+    from socialr1.warmstart import gold_completions
+
+    comps = gold_completions(tokenizer, items, SIPFormat())
+    width = max(map(len, comps))
+    comp = torch.tensor([c + [tokenizer.pad_token_id] * (width - len(c)) for c in comps])
+    cmask = stop_mask(comp, [tokenizer.eos_token_id])
+    ids, mask = pad_left(lm_prompts, tokenizer.pad_token_id)
+    return Rollout(ids, mask, comp, cmask, torch.arange(len(items)))
+
+
+def test_update_raises_logprob_of_advantaged_completions(tokenizer, lm, items, world):
+    """The sign of the loss: a few steps push up the sequence with positive advantage and push
+    down the one with negative advantage."""
+    from socialr1.prompts import encode_prompts
+    from socialr1.sip import SIPFormat
+
+    batch = _gold_batch(tokenizer, items[:2], encode_prompts(tokenizer, items[:2], SIPFormat()))
+    policy = Policy(lm)
+    adv = torch.tensor([1.0, -1.0])
+    settings = LossSettings(0.0, 0.2, 0.2, "grpo", 1.0, 200)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    before = (policy.logprobs(batch, 1.0)[0] * batch.completion_mask).sum(1)
+    for _ in range(5):
+        loss, _ = policy.loss(batch, adv, None, None, settings)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = (policy.logprobs(batch, 1.0)[0] * batch.completion_mask).sum(1)
+    assert after[0] > before[0] + 1 and after[1] < before[1] - 1
+
+
+def test_checkpoint_is_atomic_and_loads_to_the_same_model(tmp_path, tokenizer, lm, world):
+    from socialr1 import distributed as D
+
+    reference = copy.deepcopy(lm)
+    policy = Policy(lm)
+    D.shard(policy, lm.model.layers, None, Policy.FORWARD_METHODS)
+    target = tmp_path / "final"
+    target.mkdir()
+    (target / "stale.txt").write_text("from an older run")  # replaced whole, never merged
+    save_hf(policy, tokenizer, target, torch.float32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert not (target / "stale.txt").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(target)
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    torch.testing.assert_close(loaded(ids).logits, reference(ids).logits)
+    assert json.loads((target / "config.json").read_text())["tie_word_embeddings"] is True
