@@ -70,8 +70,8 @@ class Trainer:
             self.log.print(f"warm start: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps")
 
         self.reward = SIPReward(self.tokenizer, cfg.reward, total_steps=cfg.steps, fmt=cfg.sip)
-        self.features = self.reward.encode_items(self.items)
-        self.eval_features = self.reward.encode_items(self.eval_items) if self.eval_items else None
+        self.features = self.reward.encode_items(self.items).to(self.world.device)
+        self.eval_features = self.reward.encode_items(self.eval_items).to(self.world.device) if self.eval_items else None
         self.ref = self._shard(copy.deepcopy(lm), trainable=False) if cfg.grpo.beta != 0 else None
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

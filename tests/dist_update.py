@@ -10,6 +10,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kernels.linear_logprobs import default_backend  # noqa: E402
 from socialr1.config import PRESETS, TrainConfig  # noqa: E402
 from socialr1.rollout import Rollout, pad_left, stop_mask  # noqa: E402
 from socialr1.trainer import Trainer  # noqa: E402
@@ -38,7 +39,7 @@ def main(out: str, cfg: TrainConfig) -> None:
     metrics = trainer.update(batch.rows(lo, lo + n), adv[lo : lo + n])
     state = get_model_state_dict(trainer.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if trainer.world.is_main:
-        torch.save({"metrics": metrics, "state": state}, out)
+        torch.save({"metrics": metrics, "state": state, "backend": default_backend(trainer.world.device)}, out)
     trainer.close()
 
 

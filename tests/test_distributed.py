@@ -14,18 +14,19 @@ TINY = ["demo", "--data.synthetic", "32", "--data.eval-synthetic", "0", "--warms
         "--model.tiny-hidden-size", "64", "--model.tiny-vocab-size", "600"]
 
 
-def torchrun(nproc: int, script: str, args: list[str], tmp: Path) -> None:
+def torchrun(nproc: int, script: str, args: list[str], tmp: Path, env: dict[str, str] | None = None) -> None:
     port = 29500 + (os.getpid() + nproc) % 1000
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={port}", str(ROOT / script), *args]
-    done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
-def test_one_step_same_on_one_and_two_ranks(tmp_path, loss_type):
+@pytest.mark.parametrize("loss_type,kernel_env", [("grpo", {}), ("dapo", {"TRITON_INTERPRET": "1"})], ids=["grpo-torch", "dapo-triton"])
+def test_one_step_same_on_one_and_two_ranks(tmp_path, loss_type, kernel_env):
     """Loss, KL, and every updated weight (the tied embedding / LM head included, whose gradient
-    comes from the kernel through FSDP's all-gathered weight) agree between 1 and 2 ranks.
+    comes from the kernel through FSDP's all-gathered weight) agree between 1 and 2 ranks, with
+    the chunked torch kernels and with the Triton kernels (interpreted on CPU).
     Two optimizer iterations exercise the old-policy log-probs, beta > 0 the reference model,
     micro-batches of 3 uneven splits."""
     args = TINY + ["--grpo.loss-type", loss_type, "--grpo.micro-batch-size", "3", "--grpo.num-iterations", "2",
@@ -33,9 +34,10 @@ def test_one_step_same_on_one_and_two_ranks(tmp_path, loss_type):
     results = []
     for nproc in (1, 2):
         out = tmp_path / f"r{nproc}.pt"
-        torchrun(nproc, "tests/dist_update.py", [str(out), *args], tmp_path)
+        torchrun(nproc, "tests/dist_update.py", [str(out), *args], tmp_path, kernel_env)
         results.append(torch.load(out))
     one, two = results
+    assert one["backend"] == two["backend"] == ("triton" if kernel_env else "torch")
     for key in ("loss", "kl", "entropy", "clip_ratio/region_mean", "grad_norm"):
         assert one["metrics"][key] == pytest.approx(two["metrics"][key], rel=1e-4, abs=1e-6), key
     assert one["metrics"]["kl"] > 0  # the second iteration moved away from the reference
