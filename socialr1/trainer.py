@@ -2,6 +2,7 @@
 group-relative advantages -> old/reference log-probs -> clipped-surrogate update with k3 KL."""
 
 import copy
+import functools
 import math
 import random
 import time
@@ -58,6 +59,7 @@ class Trainer:
 
         self.items, self.eval_items = self._load_data()
         lm, self.tokenizer = self._load_model()
+        lm.to(self.world.device)
         self.pad_id = self.tokenizer.pad_token_id
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.items, self.prompts = self._encode(self.items, "training")
@@ -93,7 +95,7 @@ class Trainer:
         d = self.cfg.data
         train = generate_items(d.synthetic, seed=self.cfg.seed) if d.synthetic else load_items(d.path, d.fields, d.split)
         if d.eval_path:
-            evals = load_items(d.eval_path, d.fields, limit=d.eval_limit)
+            evals = load_items(d.eval_path, d.fields)
         elif d.eval_synthetic:
             seen = {(it.story, it.question) for it in train}
             fresh = generate_items(2 * d.eval_synthetic, seed=self.cfg.seed + EVAL_SEED_OFFSET)
@@ -119,7 +121,6 @@ class Trainer:
         return [items[i] for i in keep], [prompts[i] for i in keep]
 
     def _shard(self, lm: PreTrainedModel, trainable: bool) -> Policy:
-        lm.to(self.world.device)
         lm.requires_grad_(trainable)
         policy = Policy(lm)
         D.shard(policy, lm.model.layers, self.dtype if self.dtype != torch.float32 else None, Policy.FORWARD_METHODS)
@@ -129,16 +130,16 @@ class Trainer:
     def prompt_indices(self, step: int) -> list[int]:
         """This rank's share of the step's prompts: a slice of a seeded permutation per epoch, so
         the global batch is the same whatever the number of ranks."""
-        per_step, n = self.cfg.rollout.prompts_per_step, len(self.items)
+        per_step = self.cfg.rollout.prompts_per_step
         per_rank = per_step // self.world.size
         first = step * per_step + self.world.rank * per_rank
-        out = []
-        for k in range(first, first + per_rank):
-            epoch, pos = divmod(k, n)
-            order = list(range(n))
-            random.Random(self.cfg.seed + epoch).shuffle(order)
-            out.append(order[pos])
-        return out
+        return [self._epoch_order(k // len(self.items))[k % len(self.items)] for k in range(first, first + per_rank)]
+
+    @functools.lru_cache(maxsize=2)
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.items)))
+        random.Random(self.cfg.seed + epoch).shuffle(order)
+        return order
 
     def rollout(self, step: int) -> Rollout:
         r = self.cfg.rollout
@@ -165,8 +166,10 @@ class Trainer:
         """num_iterations optimizer steps on this rank's rollouts. advantages: [N]."""
         g, m = self.cfg.grpo, self.cfg.grpo.micro_batch_size
         self.policy.train()
+        t0 = time.perf_counter()
         old = self.logprobs(self.policy, batch) if g.num_iterations > 1 else None
         ref = self.logprobs(self.ref, batch) if self.ref is not None else None
+        t1 = time.perf_counter()
         local_tokens = batch.completion_mask.sum().float()
         global_tokens = int(D.all_reduce_sum(local_tokens).item())
         global_seqs = len(batch) * self.world.size
@@ -196,7 +199,8 @@ class Trainer:
             self.sched.step()
         sums = D.all_reduce_sum(sums) / g.num_iterations
         names = ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
-        out = {"loss": sums[0].item(), "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0]}
+        out = {"loss": sums[0].item(), "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0],
+               "time/logprobs_s": t1 - t0, "time/update_s": time.perf_counter() - t1}
         out.update({k: (v / max(global_tokens, 1)).item() for k, v in zip(names, sums[1:])})
         return out
 
@@ -212,12 +216,13 @@ class Trainer:
         scores = self.reward.score(batch.completion_ids, batch.completion_mask, self.features, batch.item_index, step)
         scores = {k: D.all_gather_cat(v.float()) for k, v in scores.items()}  # [N_global]
         adv = group_advantages(scores["total"], self.cfg.rollout.group_size, self.cfg.grpo.scale_rewards)
+        t2 = time.perf_counter()
         n = len(batch)
         metrics = self.update(batch, adv[self.world.rank * n : (self.world.rank + 1) * n].to(self.world.device))
-        t2 = time.perf_counter()
+        t3 = time.perf_counter()
         metrics.update(self._rollout_metrics(batch, scores))
-        metrics.update({"time/generation_s": t1 - t0, "time/update_s": t2 - t1, "time/step_s": t2 - t0})
-        metrics["throughput/tokens_per_s"] = metrics["completion/tokens"] / (t2 - t0)
+        metrics.update({"time/generation_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": t3 - t0})
+        metrics["throughput/tokens_per_s"] = metrics["completion/tokens"] / (t3 - t0)
         if self.cfg.sample_every and step % self.cfg.sample_every == 0:
             self._log_samples(step, batch, scores)
         return metrics

@@ -57,6 +57,7 @@ def test_demo_trains_on_two_ranks_and_writes_a_loadable_checkpoint(tmp_path):
     assert [r["step"] for r in rows] == [0, 1]
     for key in ("reward/total/mean", "reward/format/std", "kl", "clip_ratio/low_mean", "grad_norm", "lr", "entropy",
                 "completion/length_max", "completion/clipped_frac", "throughput/tokens_per_s", "time/generation_s",
+                "time/logprobs_s", "time/update_s", "time/reward_s",
                 "reward/zero_std_frac"):
         assert key in rows[0], key
     assert list((out / "tb").glob("events.out.tfevents.*"))
