@@ -149,6 +149,9 @@ class TrainConfig:
     """Write a Hugging Face checkpoint every N steps (0: only at the end)."""
     eval_every: int = 0
     """Evaluate every N steps (0: only at the end, when eval data is set)."""
+    resume: str | None = None
+    """A checkpoint-N directory of an earlier run with the same settings: model, optimizer,
+    scheduler, data order and sampling continue from step N."""
 
 
 def _demo() -> TrainConfig:

@@ -19,7 +19,7 @@ class RunLog:
         self.writer = SummaryWriter(str(output_dir / "tb"))
         self.jsonl = (output_dir / "metrics.jsonl").open("a")
         self.total_steps = total_steps
-        self.bar: tqdm | None = None  # opened at the first step, after any warm-start bar
+        self.bar: tqdm | None = None  # opened by skip() when the steps begin, after any warm-start bar
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -34,11 +34,14 @@ class RunLog:
             # Markdown code block keeps the SIP line structure readable in TensorBoard.
             self.writer.add_text(tag, "```\n" + text + "\n```", step)
 
+    def skip(self, steps: int) -> None:
+        """Open the progress bar at `steps` already done (0, or where a resumed run starts)."""
+        if self.enabled:
+            self.bar = tqdm(total=self.total_steps, initial=steps, desc="grpo", unit="step", dynamic_ncols=True)
+
     def advance(self, reward: float, seconds: float) -> None:
         if not self.enabled:
             return
-        if self.bar is None:
-            self.bar = tqdm(total=self.total_steps, desc="grpo", unit="step", dynamic_ncols=True)
         self.bar.set_postfix(reward=f"{reward:.3f}", step_s=f"{seconds:.1f}")
         self.bar.update(1)
 

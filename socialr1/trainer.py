@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedModel
 
 from socialr1 import distributed as D
-from socialr1.checkpoint import save_hf
+from socialr1.checkpoint import load_train_state, save_checkpoint
 from socialr1.config import ConfigError, OptimConfig, TrainConfig
 from socialr1.data import load_items
 from socialr1.evaluate import evaluate
@@ -89,6 +89,7 @@ class Trainer:
         )
         # Sampling differs per rank; everything above (model init, warm start) is identical.
         torch.manual_seed(cfg.seed * 1_000 + self.world.rank)
+        self.start_step = self._resume(Path(cfg.resume)) if cfg.resume else 0
 
     # ---- setup -------------------------------------------------------------------------------
     def _load_data(self) -> tuple[list[MCQItem], list[MCQItem]]:
@@ -262,26 +263,36 @@ class Trainer:
         self.log.print(f"step {step}: eval accuracy {result['accuracy']:.3f}, format {result['format']:.3f} on {int(result['n'])} items")
         return result
 
-    def save(self, name: str) -> None:
-        save_hf(self.policy, self.tokenizer, self.out / name, self.dtype)
+    def _resume(self, directory: Path) -> int:
+        try:
+            step = load_train_state(directory, self.policy, self.opt, self.sched)
+        except FileNotFoundError as e:
+            raise ConfigError(f"--resume: {e}") from e
+        self.log.print(f"resumed from {directory} after step {step}")
+        return step
+
+    def save(self, name: str, step: int, resumable: bool) -> None:
+        opt, sched = (self.opt, self.sched) if resumable else (None, None)
+        save_checkpoint(self.policy, self.tokenizer, self.out / name, self.dtype, opt, sched, step)
 
     def train(self) -> None:
         cfg = self.cfg
-        if self.eval_items:
+        if self.eval_items and self.start_step == 0:
             self.run_eval(0)
-        for step in range(cfg.steps):
+        self.log.skip(self.start_step)
+        for step in range(self.start_step, cfg.steps):
             metrics = self.step(step)
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 self.log.scalars(step, metrics)
             self.log.advance(metrics["reward/total/mean"], metrics["time/step_s"])
             done = step + 1
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-                self.save(f"checkpoint-{done}")
+                self.save(f"checkpoint-{done}", done, resumable=True)
             if self.eval_items and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 self.run_eval(done)
         if self.eval_items:
             self.run_eval(cfg.steps)
-        self.save("final")
+        self.save("final", cfg.steps, resumable=False)
         self.log.print(f"done: checkpoint in {self.out / 'final'}, TensorBoard: tensorboard --logdir {self.out / 'tb'}")
 
     def close(self) -> None:

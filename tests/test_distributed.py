@@ -52,7 +52,7 @@ def test_demo_trains_on_two_ranks_and_writes_a_loadable_checkpoint(tmp_path):
 
     out = tmp_path / "run"
     torchrun(2, "train.py", TINY + ["--steps", "2", "--rollout.max-new-tokens", "16", "--rollout.prompts-per-step", "4",
-                                     "--output-dir", str(out)], tmp_path)
+                                     "--save-every", "1", "--output-dir", str(out)], tmp_path)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
     for key in ("reward/total/mean", "reward/format/std", "kl", "clip_ratio/low_mean", "grad_norm", "lr", "entropy",
@@ -63,4 +63,7 @@ def test_demo_trains_on_two_ranks_and_writes_a_loadable_checkpoint(tmp_path):
     assert list((out / "tb").glob("events.out.tfevents.*"))
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     tok = AutoTokenizer.from_pretrained(out / "final")
-    assert model.config.vocab_size == len(tok) and not list(out.glob("*.tmp*"))
+    assert model.config.vocab_size == len(tok)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "final", "metrics.jsonl", "tb"]
+    state = out / "checkpoint-1" / "train_state"
+    assert (state / "rng-rank0.pt").is_file() and (state / "rng-rank1.pt").is_file() and list(state.glob("*.distcp"))

@@ -12,7 +12,7 @@ import torch
 import tyro
 from transformers import AutoModelForCausalLM
 
-from socialr1.checkpoint import save_hf
+from socialr1.checkpoint import save_checkpoint
 from socialr1.config import PRESETS, ModelConfig, OptimConfig, TrainConfig
 from socialr1.models import ModelLoadError, load_pretrained
 from socialr1.policy import LossSettings, Policy
@@ -110,10 +110,40 @@ def test_checkpoint_is_atomic_and_loads_to_the_same_model(tmp_path, tokenizer, l
     target = tmp_path / "final"
     target.mkdir()
     (target / "stale.txt").write_text("from an older run")  # replaced whole, never merged
-    save_hf(policy, tokenizer, target, torch.float32)
+    save_checkpoint(policy, tokenizer, target, torch.float32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
     assert not (target / "stale.txt").exists()
     loaded = AutoModelForCausalLM.from_pretrained(target)
     ids = torch.tensor([[1, 5, 9, 14, 3]])
     torch.testing.assert_close(loaded(ids).logits, reference(ids).logits)
     assert json.loads((target / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_resumed_run_continues_with_the_same_numbers(tmp_path):
+    """4 steps straight == 2 steps, checkpoint, then resume for the last 2: same rewards, losses
+    and final weights (model, optimizer, scheduler, data order and sampling RNG all restored)."""
+    from safetensors.torch import load_file
+
+    from tests.test_distributed import TINY
+
+    common = [*TINY, "--steps", "4", "--save-every", "2", "--rollout.max-new-tokens", "12", "--rollout.prompts-per-step", "4",
+              "--optim.warmup-steps", "3", "--optim.schedule", "cosine"]
+
+    def run(out: Path, *extra: str) -> list[dict]:
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--output-dir", str(out), *extra],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    straight = run(tmp_path / "a")
+    resumed = run(tmp_path / "b", "--resume", str(tmp_path / "a" / "checkpoint-2"))
+    assert [r["step"] for r in resumed] == [2, 3]
+    for a, b in zip(straight[2:], resumed):
+        for key in ("reward/total/mean", "loss", "kl", "grad_norm", "lr", "completion/length_mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    wa, wb = load_file(tmp_path / "a" / "final" / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert (tmp_path / "a" / "checkpoint-2" / "train_state" / "trainer.pt").is_file()
+    assert not (tmp_path / "a" / "final" / "train_state").exists()
+
