@@ -7,6 +7,7 @@ and per ability, one greedy SIP completion per item.
 """
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -16,9 +17,9 @@ import tyro
 
 from socialr1 import distributed as D
 from socialr1.config import ModelConfig
-from socialr1.data import FieldMap, load_items
+from socialr1.data import DataError, FieldMap, load_items
 from socialr1.evaluate import evaluate
-from socialr1.models import load_pretrained, stop_token_ids
+from socialr1.models import ModelLoadError, load_pretrained, stop_token_ids
 from socialr1.prompts import encode_prompts
 from socialr1.rewards import RewardConfig, SIPReward
 from socialr1.sip import SIPFormat
@@ -80,4 +81,8 @@ def table(result: dict[str, float]) -> str:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(EvalConfig, description=__doc__))
+    cfg = tyro.cli(EvalConfig, description=__doc__)
+    try:
+        main(cfg)
+    except (DataError, ModelLoadError) as e:
+        sys.exit(f"error: {e}")
