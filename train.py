@@ -2,14 +2,13 @@
 
     python train.py demo                              # offline CPU demo, a few minutes
     torchrun --nproc_per_node 8 train.py socialr1-4b  # the paper's recipe on 8 GPUs
+    torchrun --nproc_per_node 8 train.py              # the same: socialr1-4b is the default preset
     python train.py socialr1-4b --help                # every setting, with its default
 """
 
 import sys
 
-import tyro
-
-from socialr1.config import PRESETS, ConfigError, TrainConfig
+from socialr1.config import ConfigError, TrainConfig, parse
 from socialr1.data import DataError
 from socialr1.models import ModelLoadError
 from socialr1.trainer import Trainer
@@ -24,7 +23,7 @@ def main(cfg: TrainConfig) -> None:
 
 
 if __name__ == "__main__":
-    cfg = tyro.extras.overridable_config_cli(PRESETS, description=__doc__)
+    cfg = parse(description=__doc__)
     try:
         main(cfg)
     except (ConfigError, DataError, ModelLoadError) as e:

@@ -4,7 +4,9 @@ Presets: `socialr1-4b` (the paper's recipe, the default), `socialr1-8b`, and `de
 generated data, CPU, a few minutes)."""
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
+
+import tyro
 
 from socialr1.data import FieldMap
 from socialr1.grpo import LossType, ScaleRewards
@@ -183,3 +185,12 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "socialr1-8b": ("Paper recipe on Qwen3-8B.", _socialr1_8b()),
     "demo": ("Offline CPU demo: tiny Qwen3, generated false-belief items, a few minutes.", _demo()),
 }
+
+
+def parse(args: Sequence[str] | None = None, description: str | None = None) -> TrainConfig:
+    """Command line -> TrainConfig: a preset (socialr1-4b when none is named), then its flags."""
+    presets = tyro.extras.subcommand_type_from_defaults(
+        {name: cfg for name, (_, cfg) in PRESETS.items()}, {name: doc for name, (doc, _) in PRESETS.items()}
+    )
+    return tyro.cli(presets, default=PRESETS["socialr1-4b"][1], args=args, description=description)
+

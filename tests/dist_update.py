@@ -5,13 +5,12 @@ import sys
 from pathlib import Path
 
 import torch
-import tyro
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels.linear_logprobs import default_backend  # noqa: E402
-from socialr1.config import PRESETS, TrainConfig  # noqa: E402
+from socialr1.config import TrainConfig, parse  # noqa: E402
 from socialr1.rollout import Rollout, pad_left, stop_mask  # noqa: E402
 from socialr1.trainer import Trainer  # noqa: E402
 from socialr1.warmstart import gold_completions  # noqa: E402
@@ -45,4 +44,4 @@ def main(out: str, cfg: TrainConfig) -> None:
 
 if __name__ == "__main__":
     out = sys.argv[1]
-    main(out, tyro.extras.overridable_config_cli(PRESETS, args=sys.argv[2:]))
+    main(out, parse(sys.argv[2:]))

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import tyro
 from transformers import AutoModelForCausalLM
 
 from socialr1.checkpoint import save_checkpoint
-from socialr1.config import PRESETS, ModelConfig, OptimConfig, TrainConfig
+from socialr1.config import ModelConfig, OptimConfig, TrainConfig, parse
 from socialr1.models import ModelLoadError, load_pretrained
 from socialr1.policy import LossSettings, Policy
 from socialr1.rollout import Rollout, pad_left, stop_mask
@@ -22,22 +21,23 @@ from socialr1.trainer import lr_lambda
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parse(*args: str) -> TrainConfig:
-    return tyro.extras.overridable_config_cli(PRESETS, args=list(args))
+def cli(*args: str) -> TrainConfig:
+    return parse(list(args))
 
 
 def test_presets_follow_the_paper_and_flags_override():
-    cfg = parse("socialr1-4b")
+    cfg = cli()
     assert (cfg.model.name_or_path, cfg.rollout.group_size, cfg.grpo.beta, cfg.optim.lr, cfg.steps) == (
         "Qwen/Qwen3-4B", 5, 0.04, 5e-7, 600)
-    assert parse("socialr1-8b").model.name_or_path == "Qwen/Qwen3-8B"
-    demo = parse("demo", "--grpo.loss-type", "dr_grpo", "--rollout.group-size", "4")
+    assert cli("socialr1-4b") == cfg
+    assert cli("socialr1-8b").model.name_or_path == "Qwen/Qwen3-8B"
+    demo = cli("demo", "--grpo.loss-type", "dr_grpo", "--rollout.group-size", "4")
     assert demo.model.tiny and demo.grpo.loss_type == "dr_grpo" and demo.rollout.group_size == 4
 
 
 def test_help_explains_every_setting(capsys):
     with pytest.raises(SystemExit):
-        parse("socialr1-4b", "--help")
+        cli("socialr1-4b", "--help")
     text = capsys.readouterr().out
     for phrase in ("KL coefficient", "--grpo.loss-type", "scale-rewards", "micro-batch", "warmup", "activation",
                    "curriculum", "--data.fields.answer"):
