@@ -151,6 +151,9 @@ class TrainConfig:
     """Write a Hugging Face checkpoint every N steps (0: only at the end)."""
     eval_every: int = 0
     """Evaluate every N steps (0: only at the end, when eval data is set)."""
+    overwrite: bool = False
+    """Start afresh in an output dir that already holds a run, deleting its metrics, TensorBoard
+    events and checkpoints (without it, such a run stops before touching anything)."""
     resume: str | None = None
     """A checkpoint-N directory of an earlier run with the same settings: model, optimizer,
     scheduler, data order and sampling continue from step N."""

@@ -5,10 +5,12 @@ import copy
 import functools
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import PreTrainedModel
 
 from socialr1 import distributed as D
@@ -51,6 +53,7 @@ class Trainer:
         self.cfg = cfg
         self.world = D.init_world(cfg.device)
         self.out = Path(cfg.output_dir)
+        self._claim_output_dir()
         self.log = RunLog(self.out, cfg.steps, enabled=self.world.is_main)
         on_cuda = self.world.device.type == "cuda"
         self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and on_cuda) else torch.float32
@@ -92,6 +95,21 @@ class Trainer:
         self.start_step = self._resume(Path(cfg.resume)) if cfg.resume else 0
 
     # ---- setup -------------------------------------------------------------------------------
+    def _claim_output_dir(self) -> None:
+        """A new run never mixes its metrics into an earlier run's: it stops, unless told to
+        continue (--resume) or to start over (--overwrite)."""
+        earlier = (self.out / "metrics.jsonl").exists()
+        if not earlier or self.cfg.resume:
+            return
+        if not self.cfg.overwrite:
+            raise ConfigError(
+                f"{self.out} already holds a run; pass another --output-dir, --resume {self.out}/checkpoint-N "
+                "to continue it, or --overwrite to delete it and start over"
+            )
+        if self.world.is_main:
+            shutil.rmtree(self.out)
+        dist.barrier()
+
     def _load_data(self) -> tuple[list[MCQItem], list[MCQItem]]:
         d = self.cfg.data
         train = generate_items(d.synthetic, seed=self.cfg.seed) if d.synthetic else load_items(d.path, d.fields, d.split)

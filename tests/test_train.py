@@ -136,6 +136,9 @@ def test_resumed_run_continues_with_the_same_numbers(tmp_path):
         return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
     straight = run(tmp_path / "a")
+    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--output-dir", str(tmp_path / "a")],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "--overwrite" in again.stderr.splitlines()[-1]  # nothing of run a is touched
     resumed = run(tmp_path / "b", "--resume", str(tmp_path / "a" / "checkpoint-2"))
     assert [r["step"] for r in resumed] == [2, 3]
     for a, b in zip(straight[2:], resumed):
