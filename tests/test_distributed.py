@@ -34,7 +34,7 @@ def test_one_step_same_on_one_and_two_ranks(tmp_path, loss_type, kernel_env):
     results = []
     for nproc in (1, 2):
         out = tmp_path / f"r{nproc}.pt"
-        torchrun(nproc, "tests/dist_update.py", [str(out), *args], tmp_path, kernel_env)
+        torchrun(nproc, "tests/dist_update.py", [str(out), *args, "--output-dir", str(tmp_path / f"run{nproc}")], tmp_path, kernel_env)
         results.append(torch.load(out))
     one, two = results
     assert one["backend"] == two["backend"] == ("triton" if kernel_env else "torch")
