@@ -165,7 +165,7 @@ def _demo() -> TrainConfig:
         data=DataConfig(synthetic=2000, eval_synthetic=64, max_prompt_tokens=512),
         rollout=RolloutConfig(prompts_per_step=8, group_size=6, max_new_tokens=160),
         grpo=GRPOConfig(loss_type="dapo", micro_batch_size=24),
-        optim=OptimConfig(lr=2e-4),
+        optim=OptimConfig(lr=3e-4),
         # A dense additive reward at a constant curriculum weight: a rising total then means the
         # policy improved, not that the curriculum switched a term on.
         reward=RewardConfig(mode="additive", curriculum_start=0.0, curriculum_end=0.0, len_min=24, len_max=200),
