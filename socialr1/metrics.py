@@ -11,15 +11,21 @@ from tqdm.auto import tqdm
 
 
 class RunLog:
+    """Prints from construction on; files and the progress bar open at start(), once setup has
+    succeeded, so a run that fails to start writes nothing into its output dir."""
+
     def __init__(self, output_dir: Path, total_steps: int, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
+        self.enabled, self.output_dir, self.total_steps = enabled, output_dir, total_steps
+        self.bar: tqdm | None = None
+
+    def start(self, initial_step: int) -> None:
+        """Open the event files (appending to a resumed run's) and the bar at `initial_step`."""
+        if not self.enabled:
             return
-        output_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(output_dir / "tb"))
-        self.jsonl = (output_dir / "metrics.jsonl").open("a")
-        self.total_steps = total_steps
-        self.bar: tqdm | None = None  # opened by skip() when the steps begin, after any warm-start bar
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(self.output_dir / "tb"))
+        self.jsonl = (self.output_dir / "metrics.jsonl").open("a")
+        self.bar = tqdm(total=self.total_steps, initial=initial_step, desc="grpo", unit="step", dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -34,11 +40,6 @@ class RunLog:
             # Markdown code block keeps the SIP line structure readable in TensorBoard.
             self.writer.add_text(tag, "```\n" + text + "\n```", step)
 
-    def skip(self, steps: int) -> None:
-        """Open the progress bar at `steps` already done (0, or where a resumed run starts)."""
-        if self.enabled:
-            self.bar = tqdm(total=self.total_steps, initial=steps, desc="grpo", unit="step", dynamic_ncols=True)
-
     def advance(self, reward: float, seconds: float) -> None:
         if not self.enabled:
             return
@@ -50,9 +51,8 @@ class RunLog:
             tqdm.write(message)
 
     def close(self) -> None:
-        if self.enabled:
-            if self.bar is not None:
-                self.bar.close()
+        if self.enabled and self.bar is not None:
+            self.bar.close()
             self.writer.close()
             self.jsonl.close()
 

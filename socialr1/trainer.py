@@ -53,7 +53,7 @@ class Trainer:
         self.cfg = cfg
         self.world = D.init_world(cfg.device)
         self.out = Path(cfg.output_dir)
-        self._claim_output_dir()
+        self.replace_earlier_run = self._check_output_dir()
         self.log = RunLog(self.out, cfg.steps, enabled=self.world.is_main)
         on_cuda = self.world.device.type == "cuda"
         self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and on_cuda) else torch.float32
@@ -95,20 +95,18 @@ class Trainer:
         self.start_step = self._resume(Path(cfg.resume)) if cfg.resume else 0
 
     # ---- setup -------------------------------------------------------------------------------
-    def _claim_output_dir(self) -> None:
+    def _check_output_dir(self) -> bool:
         """A new run never mixes its metrics into an earlier run's: it stops, unless told to
-        continue (--resume) or to start over (--overwrite)."""
-        earlier = (self.out / "metrics.jsonl").exists()
-        if not earlier or self.cfg.resume:
-            return
+        continue (--resume) or to start over (--overwrite). True when the earlier run is to be
+        deleted, which train() does only once setup has succeeded."""
+        if not (self.out / "metrics.jsonl").exists() or self.cfg.resume:
+            return False
         if not self.cfg.overwrite:
             raise ConfigError(
                 f"{self.out} already holds a run; pass another --output-dir, --resume {self.out}/checkpoint-N "
                 "to continue it, or --overwrite to delete it and start over"
             )
-        if self.world.is_main:
-            shutil.rmtree(self.out)
-        dist.barrier()
+        return True
 
     def _load_data(self) -> tuple[list[MCQItem], list[MCQItem]]:
         d = self.cfg.data
@@ -295,9 +293,12 @@ class Trainer:
 
     def train(self) -> None:
         cfg = self.cfg
+        if self.replace_earlier_run and self.world.is_main:
+            shutil.rmtree(self.out)
+        dist.barrier()
+        self.log.start(self.start_step)
         if self.eval_items and self.start_step == 0:
             self.run_eval(0)
-        self.log.skip(self.start_step)
         for step in range(self.start_step, cfg.steps):
             metrics = self.step(step)
             if step % cfg.log_every == 0 or step == cfg.steps - 1:

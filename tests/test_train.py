@@ -138,7 +138,13 @@ def test_resumed_run_continues_with_the_same_numbers(tmp_path):
     straight = run(tmp_path / "a")
     again = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--output-dir", str(tmp_path / "a")],
                            capture_output=True, text=True, timeout=600)
-    assert again.returncode != 0 and "--overwrite" in again.stderr.splitlines()[-1]  # nothing of run a is touched
+    assert again.returncode != 0 and "--overwrite" in again.stderr.splitlines()[-1]
+    broken = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--output-dir", str(tmp_path / "a"), "--overwrite",
+                             "--data.synthetic", "0", "--data.path", str(tmp_path / "missing.jsonl")],
+                            capture_output=True, text=True, timeout=600)
+    assert broken.returncode != 0  # setup failed, so the run it was to replace is untouched
+    assert (tmp_path / "a" / "metrics.jsonl").read_text().count("\n") == len(straight)
+    assert (tmp_path / "a" / "checkpoint-2" / "train_state" / "trainer.pt").is_file()
     resumed = run(tmp_path / "b", "--resume", str(tmp_path / "a" / "checkpoint-2"))
     assert [r["step"] for r in resumed] == [2, 3]
     for a, b in zip(straight[2:], resumed):
@@ -147,6 +153,7 @@ def test_resumed_run_continues_with_the_same_numbers(tmp_path):
     wa, wb = load_file(tmp_path / "a" / "final" / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors")
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], atol=1e-6, rtol=1e-5, msg=name)
-    assert (tmp_path / "a" / "checkpoint-2" / "train_state" / "trainer.pt").is_file()
     assert not (tmp_path / "a" / "final" / "train_state").exists()
+    replaced = run(tmp_path / "a", "--overwrite", "--steps", "1")
+    assert [r["step"] for r in replaced] == [0] and not (tmp_path / "a" / "checkpoint-2").exists()
 
