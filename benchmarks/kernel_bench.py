@@ -3,7 +3,7 @@
     python benchmarks/kernel_bench.py              # CPU: H=512, V=151936, a few minutes
     python benchmarks/kernel_bench.py --full       # Qwen3-4B (H=2560) on CPU; on GPU both 4B and 8B always
 
-Methods: naive (full logits), torch (row-chunked), triton (CUDA only), compile (torch.compile of naive) and Liger's
+Methods: naive (full logits), torch (chunked PyTorch), triton (CUDA only), compile (torch.compile of naive) and Liger's
 LigerFusedLinearGRPOLoss if `liger_kernel` imports (forward+backward only: it has no forward-only log-prob op).
 Modes: fwd = no-grad per-token log-probs (old/ref policy pass); fwd_bwd = grpo_loss forward + backward.
 

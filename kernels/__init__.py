@@ -1,6 +1,6 @@
 """Fused LM-head log-prob / GRPO-loss ops that never materialise [tokens, vocab] logits.
 
-backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (row-chunked PyTorch), "naive" (full logits).
+backend: "triton" (CUDA, or CPU under TRITON_INTERPRET=1), "torch" (chunked PyTorch), "naive" (full logits).
 """
 
 from kernels.grpo_loss import grpo_loss

@@ -1,9 +1,10 @@
-"""`torch` backend: row chunks of the logits, never more than CHUNK_BYTES of [rows, V] float32 alive at once."""
+"""`torch` backend in plain PyTorch: the forward takes row chunks of the logits, never more than CHUNK_BYTES of
+[rows, V] float32 alive at once; the backward (kernels/vocab_slabs.py) takes vocab slabs through `grad_logits`."""
 
 import torch
 
-# Bytes of one [rows, V] float32 logits chunk; about three such buffers are alive at once. Backward adds an O(V * H)
-# float32 accumulation per chunk, so chunks must not be too small either: 128 MiB is ~220 rows at V = 151,936.
+# Bytes of one [rows, V] float32 logits chunk; up to about three such buffers are alive at once. 128 MiB is ~220 rows at
+# V = 151,936: enough rows that the GEMM runs at full speed.
 CHUNK_BYTES = 128 * 2**20
 
 
@@ -46,51 +47,18 @@ def forward(
     return logp, lse, entropy
 
 
-def backward(
+def grad_logits(
     hidden: torch.Tensor,  # [N, H]
-    weight: torch.Tensor,  # [V, H]
-    targets: torch.Tensor,  # [N]
+    weight: torch.Tensor,  # [cols, H]: one vocab slab
+    targets: torch.Tensor,  # [N], relative to the slab: outside [0, cols) for tokens whose target lies elsewhere
     lse: torch.Tensor,  # [N]
-    grad_logp: torch.Tensor,  # [N]
+    scale: torch.Tensor,  # [N]
     temperature: float,
-    need_hidden: bool = True,
-    need_weight: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """d logp_n / d z_nv = onehot - softmax, and z = hidden @ weight.T / temperature."""
-    n = hidden.shape[0]
-    step = _rows_per_chunk(weight.shape[0])
-    grad_hidden = torch.empty_like(hidden) if need_hidden else None
-    # Across chunks, grad_weight accumulates in float32 even for bf16 weights (one chunk: the GEMM already does).
-    acc_dtype = torch.promote_types(weight.dtype, torch.float32) if n > step else weight.dtype
-    grad_weight = torch.zeros_like(weight, dtype=acc_dtype) if need_weight else None
-    scale = grad_logp.to(lse.dtype) / temperature  # [N]
-    with torch.no_grad():
-        for s in range(0, n, step):
-            h = hidden[s : s + step]
-            z = _logits(h, weight, temperature)  # [rows, V]
-            g = scale[s : s + step, None]  # [rows, 1]
-            # dz = g * (onehot - softmax), computed in place in the logits buffer.
-            dz = z.sub_(lse[s : s + step, None]).exp_().mul_(-g)
-            dz.scatter_add_(-1, targets[s : s + step, None], g)
-            dz = dz.to(hidden.dtype)
-            if need_hidden:
-                torch.mm(dz, weight, out=grad_hidden[s : s + step])
-            if need_weight:
-                _accumulate_grad_weight(grad_weight, dz, h)
-    if need_weight:
-        grad_weight = grad_weight.to(weight.dtype)
-    return grad_hidden, grad_weight
-
-
-def _accumulate_grad_weight(
-    grad_weight: torch.Tensor,  # [V, H] accumulator
-    dz: torch.Tensor,  # [rows, V]
-    h: torch.Tensor,  # [rows, H]
-) -> None:
-    if dz.dtype == grad_weight.dtype:
-        grad_weight.addmm_(dz.T, h)
-        return
-    # Mixed dtypes cannot addmm_: go through vocab slices so the 16-bit product temporary stays small.
-    rows_v = max(1, CHUNK_BYTES // (4 * h.shape[1]))
-    for v in range(0, grad_weight.shape[0], rows_v):
-        grad_weight[v : v + rows_v].add_(dz[:, v : v + rows_v].T @ h)
+) -> torch.Tensor:
+    """dz: [N, cols] = scale * (onehot - softmax) in hidden.dtype, computed in place in the float32 logits block."""
+    cols = weight.shape[0]
+    inside = (targets >= 0) & (targets < cols)  # [N]
+    g = scale[:, None]  # [N, 1]
+    dz = _logits(hidden, weight, temperature).sub_(lse[:, None]).exp_().mul_(-g)
+    dz.scatter_add_(-1, targets.clamp(0, cols - 1)[:, None], g * inside[:, None])
+    return dz.to(hidden.dtype)

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from kernels import chunked
+from kernels import chunked, vocab_slabs
 from kernels.reference import naive_linear_logprobs
 
 Backend = Literal["triton", "torch", "naive"]
@@ -30,7 +30,7 @@ def _impl(backend: Backend) -> ModuleType:
 
 
 class _LinearLogprobs(torch.autograd.Function):
-    """Shared autograd shell: `impl` provides forward (logp, lse, entropy) and a backward that recomputes logits."""
+    """Shared autograd shell: `impl` provides forward (logp, lse, entropy) and grad_logits for the vocab-slab backward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, with_entropy, impl):
@@ -44,8 +44,8 @@ class _LinearLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, targets, lse = ctx.saved_tensors
-        grad_hidden, grad_weight = ctx.impl.backward(
-            hidden, weight, targets, lse, grad_logp.float(), ctx.temperature,
+        grad_hidden, grad_weight = vocab_slabs.backward(
+            hidden, weight, targets, lse, grad_logp.float(), ctx.temperature, ctx.impl.grad_logits,
             need_hidden=ctx.needs_input_grad[0], need_weight=ctx.needs_input_grad[1],
         )
         return grad_hidden, grad_weight, None, None, None, None

@@ -2,8 +2,9 @@
 
 forward : grid (token tiles, vocab splits); each program streams its vocab range with an online log-sum-exp and
           writes 4 partial scalars per token, merged in PyTorch (O(N * splits) floats).
-backward: grid (token tiles, vocab tiles); each program recomputes its logit tile, forms g * (onehot - softmax)
-          and atomically adds its share of grad_hidden and grad_weight into float32 buffers.
+backward: kernels/vocab_slabs.py walks vocab slabs; for each, `_grad_logits_kernel` (grid: token tiles x vocab tiles of
+          the slab) recomputes its logit tile and writes g * (onehot - softmax) in the input dtype, and two GEMMs
+          turn that into grad_weight and grad_hidden: no atomics, so the result is deterministic.
 """
 
 import os
@@ -81,11 +82,11 @@ def _forward_kernel(
 
 
 @triton.jit
-def _backward_kernel(
-    h_ptr, w_ptr, tgt_ptr, lse_ptr, g_ptr, gh_ptr, gw_ptr,  # gh: [N, H], gw: [V, H] float32, contiguous
+def _grad_logits_kernel(
+    h_ptr, w_ptr, tgt_ptr, lse_ptr, scale_ptr, dz_ptr,  # w: one vocab slab [V, H]; dz: [N, V], contiguous
     N, V, H, stride_hn, stride_wv, inv_temp,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-    NEED_H: tl.constexpr, NEED_W: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -93,37 +94,18 @@ def _backward_kernel(
     offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     n_mask = offs_n < N
     v_mask = offs_v < V
-    g = tl.load(g_ptr + offs_n, mask=n_mask, other=0.0) * inv_temp  # d loss / d (raw logit) carries 1/T
-    # Tiles of masked-out tokens (g == 0) contribute exactly nothing: skip their recompute entirely.
+    g = tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)
+    dz = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
+    # Tiles whose tokens all have zero gradient (zero advantage and no KL) skip the recompute: their dz is exactly 0.
     if tl.max(tl.abs(g), 0) > 0:
         z = _logits_tile(h_ptr, w_ptr, offs_n, offs_v, n_mask, v_mask, H, stride_hn, stride_wv, inv_temp,
                          BLOCK_N, BLOCK_V, BLOCK_H, UPCAST, DOT_PRECISION)
         lse = tl.load(lse_ptr + offs_n, mask=n_mask, other=0.0)
         tgt = tl.load(tgt_ptr + offs_n, mask=n_mask, other=-1)
-        p = tl.where(v_mask[None, :], tl.exp(z - lse[:, None]), 0.0)
         onehot = tl.where(offs_v[None, :] == tgt[:, None], 1.0, 0.0)
-        dz = g[:, None] * (onehot - p)  # [BLOCK_N, BLOCK_V]
-        if not UPCAST:
-            dz = dz.to(w_ptr.dtype.element_ty)  # tensor-core operand dtype; products still accumulate in float32
-        for k0 in range(0, H, BLOCK_H):
-            offs_k = k0 + tl.arange(0, BLOCK_H)
-            k_mask = offs_k < H
-            if NEED_H:
-                w = tl.load(w_ptr + offs_v[:, None] * stride_wv + offs_k[None, :],
-                            mask=v_mask[:, None] & k_mask[None, :], other=0.0)  # [BLOCK_V, BLOCK_H]
-                if UPCAST:
-                    w = w.to(tl.float32)
-                gh = tl.dot(dz, w, input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_H]
-                tl.atomic_add(gh_ptr + offs_n[:, None] * H + offs_k[None, :], gh,
-                              mask=n_mask[:, None] & k_mask[None, :])
-            if NEED_W:
-                h = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_k[None, :],
-                            mask=n_mask[:, None] & k_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_H]
-                if UPCAST:
-                    h = h.to(tl.float32)
-                gw = tl.dot(tl.trans(dz), h, input_precision=DOT_PRECISION)  # [BLOCK_V, BLOCK_H]
-                tl.atomic_add(gw_ptr + offs_v[:, None] * H + offs_k[None, :], gw,
-                              mask=v_mask[:, None] & k_mask[None, :])
+        dz = g[:, None] * (onehot - tl.exp(z - lse[:, None]))  # [BLOCK_N, BLOCK_V]
+    tl.store(dz_ptr + offs_n[:, None] * V + offs_v[None, :], dz.to(dz_ptr.dtype.element_ty),
+             mask=n_mask[:, None] & v_mask[None, :])
 
 
 def _launch_args(hidden: torch.Tensor, weight: torch.Tensor) -> dict:
@@ -173,27 +155,21 @@ def forward(
     return logp, lse, entropy
 
 
-def backward(
+def grad_logits(
     hidden: torch.Tensor,  # [N, H]
-    weight: torch.Tensor,  # [V, H]
-    targets: torch.Tensor,  # [N]
+    weight: torch.Tensor,  # [cols, H]: one vocab slab
+    targets: torch.Tensor,  # [N], relative to the slab
     lse: torch.Tensor,  # [N]
-    grad_logp: torch.Tensor,  # [N] float32
+    scale: torch.Tensor,  # [N]
     temperature: float,
-    need_hidden: bool = True,
-    need_weight: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+) -> torch.Tensor:
+    """dz: [N, cols] = scale * (onehot - softmax) in hidden.dtype; the float32 logit tiles never leave the chip."""
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous()
-    (n, h), vocab = hidden.shape, weight.shape[0]
-    grad_hidden = torch.zeros(n, h, device=hidden.device, dtype=torch.float32)
-    grad_weight = torch.zeros(vocab, h, device=weight.device, dtype=torch.float32)  # float32 across all tokens
+    (n, h), cols = hidden.shape, weight.shape[0]
+    dz = torch.empty(n, cols, device=hidden.device, dtype=hidden.dtype)
     if n > 0:
-        _backward_kernel[(triton.cdiv(n, BLOCK_N), triton.cdiv(vocab, BLOCK_V))](
-            hidden, weight, targets, lse.contiguous(), grad_logp.contiguous(), grad_hidden, grad_weight,
-            n, vocab, h, hidden.stride(0), weight.stride(0), 1.0 / temperature,
-            NEED_H=need_hidden, NEED_W=need_weight, **_launch_args(hidden, weight),
+        _grad_logits_kernel[(triton.cdiv(n, BLOCK_N), triton.cdiv(cols, BLOCK_V))](
+            hidden, weight, targets, lse.contiguous(), scale.contiguous(), dz,
+            n, cols, h, hidden.stride(0), weight.stride(0), 1.0 / temperature, **_launch_args(hidden, weight),
         )
-    return (
-        grad_hidden.to(hidden.dtype) if need_hidden else None,
-        grad_weight.to(weight.dtype) if need_weight else None,
-    )
+    return dz

@@ -41,10 +41,11 @@ def test_one_step_same_on_one_and_two_ranks(tmp_path, loss_type, kernel_env):
     for key in ("loss", "kl", "entropy", "clip_ratio/region_mean", "grad_norm"):
         assert one["metrics"][key] == pytest.approx(two["metrics"][key], rel=1e-4, abs=1e-6), key
     assert one["metrics"]["kl"] > 0  # the second iteration moved away from the reference
-    # Adam moves every weight by up to lr = 1e-3 per step, so a missing or doubled gradient shows
-    # up at 1e-4 and above; float reordering between 1 and 2 ranks stays far below.
+    # Adam moves every weight by up to lr = 1e-3 per step, so a missing gradient shows up at 1e-4 and
+    # above (a doubled one in grad_norm). Float reordering between 1 and 2 ranks stays below 2e-6,
+    # except where Adam divides a near-zero gradient by its own tiny norm: one element reached 1.1e-5.
     for name, w in one["state"].items():
-        torch.testing.assert_close(w, two["state"][name], atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(w, two["state"][name], atol=5e-5, rtol=0, msg=name)
 
 
 def test_demo_trains_on_two_ranks_and_writes_a_loadable_checkpoint(tmp_path):

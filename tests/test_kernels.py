@@ -13,7 +13,7 @@ TRITON_IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import chunked, grpo_loss, linear_logprobs  # noqa: E402
+from kernels import chunked, grpo_loss, linear_logprobs, vocab_slabs  # noqa: E402
 from kernels.linear_logprobs import default_backend  # noqa: E402
 
 TRITON = pytest.param("triton", marks=pytest.mark.skipif(not TRITON_IN_PROCESS, reason="runs in the child pytest"))
@@ -24,8 +24,10 @@ N, H, V = 37, 48, 300  # none a multiple of the triton tiles (16, 64, 32) nor of
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
-    # 16-row chunks so the torch backend crosses chunk boundaries with a ragged last chunk.
+    # Forward: 16-row chunks, so the torch backend crosses chunk boundaries with a ragged last chunk. Backward: vocab
+    # slabs of 128 columns for N tokens (128, 128, 44 at V = 300), so grad_hidden sums over slabs.
     monkeypatch.setattr(chunked, "CHUNK_BYTES", 16 * 4 * V)
+    monkeypatch.setattr(vocab_slabs, "SLAB_BYTES", 128 * 4 * N)
 
 
 def _inputs(dtype, n=N, scale=1.0, seed=0):
@@ -105,6 +107,23 @@ def test_extreme_logits(backend):
     torch.testing.assert_close(entropy.double(), ref_entropy, atol=2e-3, rtol=1e-3)
     assert logp[peaked].abs().max() < 1e-3
     assert _rel_err(gh, ref_gh) < 1e-4 and _rel_err(gw, ref_gw) < 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS[1:])
+@pytest.mark.parametrize("cols", [64, 128, 512])  # 5 slabs (the last 44 wide), 3 slabs, one slab (no accumulator)
+def test_backward_vocab_slabs(backend, cols, monkeypatch):
+    monkeypatch.setattr(vocab_slabs, "SLAB_BYTES", cols * 4 * N)
+    assert vocab_slabs.slab_columns(N, V) == min(cols, V)
+    hidden, weight, targets = _inputs(torch.bfloat16)
+    upstream = torch.randn(N, generator=torch.Generator().manual_seed(2))
+
+    def run(backend, h, w):
+        return ((linear_logprobs(h, w, targets, 0.7, backend=backend) * upstream.to(h.dtype)).sum(),)
+
+    _, (gh, gw) = _grads(lambda h, w: run(backend, h, w), hidden, weight)
+    _, (ref_gh, ref_gw) = _grads(lambda h, w: run("naive", h, w), hidden.double(), weight.double())
+    assert gh.dtype == gw.dtype == torch.bfloat16
+    assert _rel_err(gh, ref_gh) < 1e-2 and _rel_err(gw, ref_gw) < 1e-2
 
 
 def test_default_backend(monkeypatch):
