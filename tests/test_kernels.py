@@ -282,6 +282,58 @@ def test_constants_get_no_gradient():
     assert h.grad is not None and all(c.grad is None for c in consts)
 
 
+def _compile_for_gpu(kernel, arch: int, dtype: str, constexprs: dict) -> tuple[int, int, str]:
+    """Compiles a @triton.jit kernel for sm_<arch> without a GPU, as a launch on Qwen3 shapes would (pointers and the
+    hidden size divisible by 16). Returns (registers per thread, stack bytes = spills, PTX)."""
+    import re
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    constexprs = dict(constexprs)
+    options = {key: constexprs.pop(key) for key in ("num_warps", "enable_fp_fusion")}
+    pointee = {"h_ptr": dtype, "w_ptr": dtype, "dz_ptr": dtype, "tgt_ptr": "i64"}
+    signature = {name: "constexpr" if name in constexprs else "fp32" if name == "inv_temp"
+                 else "*" + pointee.get(name, "fp32") if name.endswith("_ptr") else "i32" for name in kernel.arg_names}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
+               if name.endswith("_ptr") or name in ("H", "stride_hn", "stride_wv")}
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs, aligned), target=GPUTarget("cuda", arch, 32),
+                              options=options)
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", cubin.name], capture_output=True, text=True,
+                               check=True).stdout
+    regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    return int(regs), int(stack), compiled.asm["ptx"]
+
+
+@pytest.mark.skipif(TRITON_IN_PROCESS, reason="needs Triton's compiler, not its interpreter")
+@pytest.mark.parametrize("arch,mma", [(80, "mma.sync"), (90, "wgmma")], ids=["A100-sm80", "H100-sm90"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_triton_kernels_compile_for_gpus(arch, mma, dtype):
+    """What a CPU can check of the GPU build: both kernels compile for A100 and H100 with the shipped launch config,
+    spill no registers to local memory, and run their 16-bit tiles on tensor cores."""
+    import triton
+
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    if not ((tools / "ptxas").exists() and (tools / "cuobjdump").exists()):
+        pytest.skip(f"this Triton wheel has no ptxas / cuobjdump in {tools}")
+    from kernels import triton_logprobs
+
+    config = triton_logprobs.launch_config(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    kernels = [(triton_logprobs._grad_logits_kernel, config)] + [
+        (triton_logprobs._forward_kernel, dict(config, WITH_ENTROPY=entropy)) for entropy in (False, True)]
+    for kernel, constexprs in kernels:
+        regs, stack, ptx = _compile_for_gpu(kernel, arch, dtype, constexprs)
+        assert stack == 0, f"{kernel.__name__} spills {stack} bytes ({regs} registers)"
+        if dtype == "bf16":
+            assert mma in ptx, f"{kernel.__name__}: no {mma} in the PTX"
+
+
 @pytest.mark.skipif(TRITON_IN_PROCESS, reason="the triton cases ran in this process")
 def test_triton_cases_in_interpreter_subprocess():
     root = Path(__file__).resolve().parents[1]
