@@ -54,7 +54,7 @@ def _forward_kernel(
     split = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    tgt = tl.load(tgt_ptr + offs_n, mask=n_mask, other=-1).to(tl.int32)  # int64 compares would double the tile registers
+    tgt = tl.load(tgt_ptr + offs_n, mask=n_mask, other=-1).to(tl.int32)  # 32-bit lanes for the tile compare
     run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_N,), tl.float32)  # sum exp(z - run_max)
     # sum exp(z - run_max) * (z - run_max): shifted so the entropy needs no lse - E[z] cancellation at |z| >> 1.
@@ -104,7 +104,7 @@ def _grad_logits_kernel(
         z = _logits_tile(h_ptr, w_ptr, offs_n, offs_v, n_mask, v_mask, H, stride_hn, stride_wv, inv_temp,
                          BLOCK_N, BLOCK_V, BLOCK_H, UPCAST, DOT_PRECISION)
         lse = tl.load(lse_ptr + offs_n, mask=n_mask, other=0.0)
-        tgt = tl.load(tgt_ptr + offs_n, mask=n_mask, other=-1).to(tl.int32)  # int64 compares would double the tile registers
+        tgt = tl.load(tgt_ptr + offs_n, mask=n_mask, other=-1).to(tl.int32)  # 32-bit lanes for the tile compare
         onehot = tl.where(offs_v[None, :] == tgt[:, None], 1.0, 0.0)
         dz = g[:, None] * (onehot - tl.exp(z - lse[:, None]))  # [BLOCK_N, BLOCK_V]
     tl.store(dz_ptr + offs_n[:, None] * V + offs_v[None, :], dz.to(dz_ptr.dtype.element_ty),
