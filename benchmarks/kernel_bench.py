@@ -6,6 +6,7 @@
 Methods: naive (full logits), torch (chunked PyTorch), triton (CUDA only), compile (torch.compile of naive) and Liger's
 LigerFusedLinearGRPOLoss if `liger_kernel` imports (forward+backward only: it has no forward-only log-prob op).
 Modes: fwd = no-grad per-token log-probs (old/ref policy pass); fwd_bwd = grpo_loss forward + backward.
+After the table it prints the kernel issue's targets (speed, peak and workspace growth) judged on the rows it measured.
 
 Every measurement runs in a fresh subprocess. Memory: on GPU, torch.cuda.max_memory_allocated() minus the memory
 allocated before the op. On CPU, a thread samples the process RSS (/proc/self/statm) every millisecond during one
@@ -230,6 +231,47 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _result(rows: list[dict], mode: str, n: int, method: str) -> dict | None:
+    return next((r for r in rows if (r["mode"], r["tokens"], r["method"]) == (mode, n, method) and "time_s" in r), None)
+
+
+def _verdict(n: int, at: int, ok: bool) -> str:
+    return f"not measured (needs N={at})" if n < at else "met" if ok else "NOT met"
+
+
+def target_checks(rows: list[dict], cuda: bool) -> list[str]:
+    """The issue's targets, judged on these rows (the fast method is triton on GPU, torch on CPU)."""
+    fast = "triton" if cuda else "torch"
+    sizes = sorted({r["tokens"] for r in rows})
+    lines = []
+    for mode in ("fwd", "fwd_bwd"):
+        both = [(n, _result(rows, mode, n, fast), _result(rows, mode, n, "naive")) for n in sizes]
+        both = [(n, a, b) for n, a, b in both if a and b]
+        if both:
+            n, a, b = both[-1]
+            peak, speed = b["peak_mib"] / a["peak_mib"], b["time_s"] / a["time_s"]
+            line = f"{mode} N={n}: {fast} peak {peak:.1f}x below naive, {speed:.2f}x naive's speed"
+            if not cuda:
+                line += "; target peak >= 10x, speed >= 1/1.2 at N=4096: " + _verdict(
+                    n, 4096, peak >= 10 and speed >= 1 / 1.2)
+            elif mode == "fwd_bwd":
+                line += "; target speed >= 1.5x at N=16384: " + _verdict(n, 16384, speed >= 1.5)
+            lines.append(line)
+        for n in sizes if cuda and mode == "fwd_bwd" else ():
+            a, liger = _result(rows, mode, n, fast), _result(rows, mode, n, "liger")
+            if a and liger:
+                ok = a["time_s"] <= liger["time_s"]
+                lines.append(f"{mode} N={n}: triton {liger['time_s'] / a['time_s']:.2f}x Liger's speed; target >= 1: "
+                             + ("met" if ok else "NOT met"))
+        sweep = [r for r in (_result(rows, mode, n, fast) for n in sizes) if r]
+        if len(sweep) > 1:  # the two largest N: below one full chunk the workspace still fills up
+            prev, last = sweep[-2], sweep[-1]
+            growth = (last["workspace_mib"] - prev["workspace_mib"]) * MiB / (last["tokens"] - prev["tokens"])
+            lines.append(f"{mode}: {fast} workspace {prev['workspace_mib']:.0f} MiB at N={prev['tokens']}, "
+                         f"{last['workspace_mib']:.0f} MiB at N={last['tokens']}: {growth:.0f} bytes per extra token")
+    return lines
+
+
 def main(cfg: Config) -> None:
     import torch
 
@@ -252,7 +294,8 @@ def main(cfg: Config) -> None:
         stem.with_suffix(".json").write_text(json.dumps(dict(config=asdict(cfg) | {"out_dir": str(cfg.out_dir)},
                                                              rows=rows), indent=1))
         _plot(rows, stem.with_suffix(".png"))
-        print(f"\n{_table(rows)}\n\nwrote {stem}.json and {stem}.png")
+        checks = "\n".join(target_checks(rows, cuda))
+        print(f"\n{_table(rows)}\n\n{checks}\n\nwrote {stem}.json and {stem}.png")
 
 
 if __name__ == "__main__":
