@@ -47,6 +47,11 @@ def forward(
     return logp, lse, entropy
 
 
+def block_item_bytes(dtype: torch.dtype) -> int:
+    """grad_logits holds its slab as float32 (or float64) logits."""
+    return torch.promote_types(dtype, torch.float32).itemsize
+
+
 def grad_logits(
     hidden: torch.Tensor,  # [N, H]
     weight: torch.Tensor,  # [cols, H]: one vocab slab

@@ -30,7 +30,8 @@ def _impl(backend: Backend) -> ModuleType:
 
 
 class _LinearLogprobs(torch.autograd.Function):
-    """Shared autograd shell: `impl` provides forward (logp, lse, entropy) and grad_logits for the vocab-slab backward."""
+    """Shared autograd shell: `impl` provides forward (logp, lse, entropy), and grad_logits and block_item_bytes
+    for the vocab-slab backward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, with_entropy, impl):
@@ -45,7 +46,8 @@ class _LinearLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, targets, lse = ctx.saved_tensors
         grad_hidden, grad_weight = vocab_slabs.backward(
-            hidden, weight, targets, lse, grad_logp.float(), ctx.temperature, ctx.impl.grad_logits,
+            hidden, weight, targets, lse, grad_logp.float(), ctx.temperature,
+            ctx.impl.grad_logits, ctx.impl.block_item_bytes(hidden.dtype),
             need_hidden=ctx.needs_input_grad[0], need_weight=ctx.needs_input_grad[1],
         )
         return grad_hidden, grad_weight, None, None, None, None

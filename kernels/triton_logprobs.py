@@ -167,6 +167,11 @@ def forward(
     return logp, lse, entropy
 
 
+def block_item_bytes(dtype: torch.dtype) -> int:
+    """grad_logits writes only dz, in the input dtype: the float32 logit tiles stay on chip."""
+    return dtype.itemsize
+
+
 def grad_logits(
     hidden: torch.Tensor,  # [N, H]
     weight: torch.Tensor,  # [cols, H]: one vocab slab

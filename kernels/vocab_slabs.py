@@ -6,14 +6,16 @@ the slab and returns dz = d loss / d logits: [N, cols] in the input dtype. Then 
                                                  written once in the weight dtype, so no float32 [V, H] buffer
   grad_hidden += dz @ weight[v : v + cols]       into a float32 [N, H] accumulator (none with a single slab)
 Every output element is written by one GEMM (or one ordered sum over slabs), so the result is deterministic.
-Workspace: one [N, cols] block of at most SLAB_BYTES plus the [N, H] float32 accumulator; it does not grow with V.
+Workspace: one [N, cols] block of at most SLAB_BYTES (float32 logits for `torch`, dz in the input dtype for `triton`)
+plus the [N, H] float32 accumulator; it does not grow with V. Fewer, wider slabs mean fewer passes over that
+accumulator.
 """
 
 from typing import Callable
 
 import torch
 
-# Bytes of one float32 [N, cols] logits block: the number of vocab columns per slab shrinks as N grows.
+# Bytes of the [N, cols] block a backend's grad_logits materialises: vocab columns per slab shrink as N grows.
 SLAB_BYTES = 128 * 2**20
 _COL_ALIGN = 64  # slab widths stay multiples of the vocab tile so only the last slab is ragged
 
@@ -22,8 +24,8 @@ _COL_ALIGN = 64  # slab widths stay multiples of the vocab tile so only the last
 GradLogits = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
-def slab_columns(tokens: int, vocab: int) -> int:
-    cols = SLAB_BYTES // (4 * max(tokens, 1)) // _COL_ALIGN * _COL_ALIGN
+def slab_columns(tokens: int, vocab: int, item_bytes: int) -> int:
+    cols = SLAB_BYTES // (item_bytes * max(tokens, 1)) // _COL_ALIGN * _COL_ALIGN
     return min(vocab, max(_COL_ALIGN, cols))
 
 
@@ -35,12 +37,13 @@ def backward(
     grad_logp: torch.Tensor,  # [N]
     temperature: float,
     grad_logits: GradLogits,
+    item_bytes: int,  # bytes per element of the block grad_logits materialises
     need_hidden: bool = True,
     need_weight: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """d logp_n / d z_nv = onehot - softmax, with z = hidden @ weight.T / temperature."""
     (n, h), vocab = hidden.shape, weight.shape[0]
-    cols = slab_columns(n, vocab)
+    cols = slab_columns(n, vocab, item_bytes)
     scale = grad_logp.to(lse.dtype) / temperature  # [N]: d loss / d (raw logit) carries 1 / T
     grad_weight = torch.empty_like(weight) if need_weight else None
     grad_hidden = None

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from kernels import chunked, grpo_loss, linear_logprobs, vocab_slabs  # noqa: E402
-from kernels.linear_logprobs import default_backend  # noqa: E402
+from kernels.linear_logprobs import _impl, default_backend  # noqa: E402
 
 TRITON = pytest.param("triton", marks=pytest.mark.skipif(not TRITON_IN_PROCESS, reason="runs in the child pytest"))
 BACKENDS = ["naive", "torch", TRITON]
@@ -25,7 +25,7 @@ N, H, V = 37, 48, 300  # none a multiple of the triton tiles (16, 64, 32) nor of
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     # Forward: 16-row chunks, so the torch backend crosses chunk boundaries with a ragged last chunk. Backward: vocab
-    # slabs of 128 columns for N tokens (128, 128, 44 at V = 300), so grad_hidden sums over slabs.
+    # slabs of 128 float32 columns for N tokens (128, 128, 44 at V = 300), so grad_hidden sums over slabs.
     monkeypatch.setattr(chunked, "CHUNK_BYTES", 16 * 4 * V)
     monkeypatch.setattr(vocab_slabs, "SLAB_BYTES", 128 * 4 * N)
 
@@ -112,8 +112,9 @@ def test_extreme_logits(backend):
 @pytest.mark.parametrize("backend", BACKENDS[1:])
 @pytest.mark.parametrize("cols", [64, 128, 512])  # 5 slabs (the last 44 wide), 3 slabs, one slab (no accumulator)
 def test_backward_vocab_slabs(backend, cols, monkeypatch):
-    monkeypatch.setattr(vocab_slabs, "SLAB_BYTES", cols * 4 * N)
-    assert vocab_slabs.slab_columns(N, V) == min(cols, V)
+    item_bytes = _impl(backend).block_item_bytes(torch.bfloat16)
+    monkeypatch.setattr(vocab_slabs, "SLAB_BYTES", cols * item_bytes * N)
+    assert vocab_slabs.slab_columns(N, V, item_bytes) == min(cols, V)
     hidden, weight, targets = _inputs(torch.bfloat16)
     upstream = torch.randn(N, generator=torch.Generator().manual_seed(2))
 
