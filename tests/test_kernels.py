@@ -283,6 +283,13 @@ def test_constants_get_no_gradient():
     assert h.grad is not None and all(c.grad is None for c in consts)
 
 
+def _nvidia_tools() -> Path:
+    """Where the Triton wheel keeps its CUDA binaries (ptxas, cuobjdump)."""
+    import triton
+
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
 def _compile_for_gpu(kernel, arch: int, dtype: str, constexprs: dict) -> tuple[int, int, str]:
     """Compiles a @triton.jit kernel for sm_<arch> without a GPU, as a launch on Qwen3 shapes would (pointers and the
     hidden size divisible by 16). Returns (registers per thread, stack bytes = spills, PTX)."""
@@ -302,7 +309,7 @@ def _compile_for_gpu(kernel, arch: int, dtype: str, constexprs: dict) -> tuple[i
                if name.endswith("_ptr") or name in ("H", "stride_hn", "stride_wv")}
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, aligned), target=GPUTarget("cuda", arch, 32),
                               options=options)
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    cuobjdump = _nvidia_tools() / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
@@ -318,9 +325,7 @@ def _compile_for_gpu(kernel, arch: int, dtype: str, constexprs: dict) -> tuple[i
 def test_triton_kernels_compile_for_gpus(arch, mma, dtype):
     """What a CPU can check of the GPU build: both kernels compile for A100 and H100 with the shipped launch config,
     spill no registers to local memory, and run their 16-bit tiles on tensor cores."""
-    import triton
-
-    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    tools = _nvidia_tools()
     if not ((tools / "ptxas").exists() and (tools / "cuobjdump").exists()):
         pytest.skip(f"this Triton wheel has no ptxas / cuobjdump in {tools}")
     from kernels import triton_logprobs
