@@ -1,11 +1,9 @@
-"""Rollout: G sampled completions per prompt from the current policy, with HF `generate` and a
-static KV cache, in-process on every rank."""
+"""The rollout batch as every later stage sees it, and its padding helpers."""
 
 from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
-from torch import nn
 
 
 @dataclass
@@ -15,15 +13,29 @@ class Rollout:
     completion_ids: torch.Tensor  # [N, C] right-padded
     completion_mask: torch.Tensor  # [N, C] 1 up to and including the stop token
     item_index: torch.Tensor  # [N] which item each row answers; a prompt's G rows are adjacent
+    logprobs: torch.Tensor | None = None  # [N, C] the sampler's log-prob of each token, when asked for
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
     def rows(self, start: int, stop: int) -> "Rollout":
         """Rows [start, stop), with columns that are padding in every kept row trimmed away."""
-        part = {f.name: getattr(self, f.name)[start:stop] for f in fields(self)}
-        keep_p = int(part["prompt_mask"].sum(1).max())
-        keep_c = max(int(part["completion_mask"].sum(1).max()), 1)
+        return self.split(stop - start, start, stop)[0]
+
+    def split(self, size: int, start: int = 0, stop: int | None = None) -> list["Rollout"]:
+        """Rows [start, stop) in micro-batches of `size` rows, each trimmed of the columns that are
+        padding in all its rows. The widths are read from the device once for all micro-batches."""
+        stop = len(self) if stop is None else stop
+        spans = [(s, min(s + size, stop)) for s in range(start, stop, size)]
+        widths = torch.stack([
+            torch.stack([self.prompt_mask[a:b].sum(1).max(), self.completion_mask[a:b].sum(1).max()]) for a, b in spans
+        ]).tolist()
+        return [self._trim(a, b, keep_p, max(keep_c, 1)) for (a, b), (keep_p, keep_c) in zip(spans, widths)]
+
+    def _trim(self, start: int, stop: int, keep_p: int, keep_c: int) -> "Rollout":
+        part = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[start:stop] for f in fields(self)}
+        if part["logprobs"] is not None:
+            part["logprobs"] = part["logprobs"][:, :keep_c]
         part["prompt_ids"], part["prompt_mask"] = (
             part["prompt_ids"][:, -keep_p:],
             part["prompt_mask"][:, -keep_p:],
@@ -59,45 +71,3 @@ def stop_mask(completion_ids: torch.Tensor, stop_ids: Sequence[int]) -> torch.Te
     is_stop = torch.isin(completion_ids, torch.tensor(list(stop_ids), device=completion_ids.device))
     stops_before = is_stop.long().cumsum(dim=1) - is_stop.long()  # stops strictly before t
     return (stops_before == 0).long()
-
-
-@torch.no_grad()
-def sample(
-    model: nn.Module,
-    device: torch.device,
-    prompts: Sequence[Sequence[int]],
-    item_index: Sequence[int],
-    num_samples: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    pad_id: int,
-    stop_ids: Sequence[int],
-) -> Rollout:
-    """num_samples completions per prompt from `model.generate`; greedy when temperature == 0."""
-    prompt_ids, prompt_mask = pad_left(prompts, pad_id)
-    prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0).to(device)
-    prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0).to(device)
-    sampling = (
-        dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
-        if temperature > 0
-        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-    )
-    out = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        max_new_tokens=max_new_tokens,
-        cache_implementation="static",
-        pad_token_id=pad_id,
-        eos_token_id=list(stop_ids),
-        # Weights are all-gathered for the whole rollout (distributed.gathered), so ranks decode
-        # independently; HF would otherwise keep every rank stepping until the slowest finishes.
-        synced_gpus=False,
-        **sampling,
-    )
-    completion_ids = out[:, prompt_ids.shape[1] :]
-    mask = stop_mask(completion_ids, stop_ids)
-    completion_ids = completion_ids.masked_fill(mask == 0, pad_id)
-    index = torch.tensor(item_index, device=device).repeat_interleave(num_samples)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, mask, index)
