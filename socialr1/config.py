@@ -76,7 +76,18 @@ class RolloutConfig:
     top_p: float = 1.0
     """Nucleus sampling threshold (1.0: off)."""
     top_k: int = 0
-    """Sample from the k most likely tokens only (0: off)."""
+    """Sample from the k most likely tokens only (0: off). Nothing else restricts sampling: no
+    library or model generation default (HF's top_k=50, Qwen3's shipped T 0.6 / top_p 0.95) applies."""
+    stop_strings: tuple[str, ...] = ()
+    """Completions also end at (and keep) the token that completes one of these strings, e.g.
+    </Answer>; they always end at EOS and <|im_end|>."""
+    check_every: int = 8
+    """Decode steps between host reads of which rows have finished (and stop-string searches).
+    When at most half of the decode batch is still running at a check, finished rows leave it."""
+    compile: bool = False
+    """torch.compile the single-token decode step, one graph per batch size x KV-cache bucket
+    (multiples of 128 tokens), at most 8, each logged. Compiled steps read the whole bucket and keep
+    finished rows in the batch. HF generate's own automatic compilation is never used."""
 
 
 @dataclass
@@ -96,6 +107,16 @@ class GRPOConfig:
     """Optimizer steps per rollout batch (TRL's mu); above 1 the old policy's log-probs are kept."""
     micro_batch_size: int = 8
     """Completions per forward/backward on one rank; gradients accumulate over micro-batches."""
+    share_prompt: bool = True
+    """Compute each prompt once per group in the loss and the old / reference log-prob passes: the G
+    completions attend to the prompt's keys/values (same values and gradients as without). Works with
+    activation checkpointing, both kernel backends and FSDP2; attention runs through SDPA there
+    whatever --model.attn-implementation says. Falls back to one full sequence per row when
+    --grpo.micro-batch-size is not a multiple of --rollout.group-size."""
+    grad_sync: Literal["every", "last"] = "every"
+    """Under FSDP2 on several ranks: reduce-scatter gradients after every micro-batch ("every":
+    sharded gradient memory only), or only after the last one of an optimizer step ("last": fewer
+    collectives, but each rank holds the unsharded gradients of the whole model in between)."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from socialr1.items import MCQItem
 from socialr1.rewards import SIPReward
-from socialr1.rollout import sample
+from socialr1.rollout import greedy
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def evaluate(
     stop_ids: Sequence[int],
     show_progress: bool = False,
 ) -> dict[str, float]:
-    """model: anything with a HF-style `generate`; features: reward.encode_items(items). Returns accuracy, format, and per-ability
+    """model: a Hugging Face causal LM (on `device`, weights gathered under FSDP); features: reward.encode_items(items). Returns accuracy, format, and per-ability
     accuracy as {"accuracy": .., "format": .., "n": .., "accuracy/<ability>": ..}."""
     rank, world = dist.get_rank(), dist.get_world_size()
     abilities = sorted({it.ability for it in items})
@@ -36,11 +36,7 @@ def evaluate(
     starts = range(0, len(mine), batch_size)
     for start in tqdm(starts, desc="eval", disable=not show_progress, dynamic_ncols=True):
         rows = mine[start : start + batch_size]
-        rollout = sample(
-            model, device, [prompts[r] for r in rows], rows, num_samples=1,
-            max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, top_k=0,
-            pad_id=pad_id, stop_ids=stop_ids,
-        )
+        rollout = greedy(model, [prompts[r] for r in rows], rows, max_new_tokens, pad_id, stop_ids)
         scores = reward.score(
             rollout.completion_ids, rollout.completion_mask, features, rollout.item_index, step=0
         )

@@ -34,12 +34,12 @@ def zero_std_fraction(rewards: torch.Tensor, group_size: int) -> float:
 def microbatch_weight(
     loss_type: LossType,
     micro_seqs: int,
-    micro_tokens: int,
+    micro_tokens: int | torch.Tensor,
     global_seqs: int,
-    global_tokens: int,
+    global_tokens: int | torch.Tensor,
     micro_batches_per_rank: int,
     world_size: int,
-) -> float:
+) -> float | torch.Tensor:
     """Factor that turns a micro-batch's normalised loss into its share of the whole step's loss.
 
     The loss of one micro-batch is normalised within it (kernels.grpo_loss). Summing the weighted
@@ -49,6 +49,6 @@ def microbatch_weight(
     each micro-batch's own tokens and averages the micro-batches, as TRL does."""
     if loss_type in ("grpo", "dr_grpo"):
         return micro_seqs / global_seqs * world_size
-    if loss_type == "dapo":
-        return micro_tokens / max(global_tokens, 1) * world_size
+    if loss_type == "dapo":  # token counts may be device tensors: no host read here
+        return micro_tokens / torch.as_tensor(global_tokens).clamp(min=1) * world_size
     return 1.0 / micro_batches_per_rank

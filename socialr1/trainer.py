@@ -26,7 +26,7 @@ from socialr1.models import build_tiny, load_pretrained, stop_token_ids
 from socialr1.policy import LossSettings, Policy
 from socialr1.prompts import encode_prompts, user_message
 from socialr1.rewards import SIPReward
-from socialr1.rollout import Rollout, sample
+from socialr1.rollout import Engine, Rollout, SamplingParams, sample
 from socialr1.synthetic import generate_items
 from socialr1.warmstart import gold_completions, warm_start
 
@@ -91,6 +91,11 @@ class Trainer:
             cfg.grpo.beta, cfg.grpo.eps_low, cfg.grpo.eps_high, cfg.grpo.loss_type,
             cfg.rollout.temperature, cfg.rollout.max_new_tokens,
         )
+        r = cfg.rollout
+        self.sampling = SamplingParams(
+            r.max_new_tokens, r.temperature, r.top_p, r.top_k, tuple(self.stop_ids), tuple(r.stop_strings), r.check_every
+        )
+        self.engine = Engine(compile=r.compile, log=self.log.print)
         # Sampling differs per rank; everything above (model init, warm start) is identical.
         torch.manual_seed(cfg.seed * 1_000 + self.world.rank)
         self.start_step = self._resume(Path(cfg.resume)) if cfg.resume else 0
@@ -160,96 +165,114 @@ class Trainer:
         return order
 
     def rollout(self, step: int) -> Rollout:
-        r = self.cfg.rollout
         index = self.prompt_indices(step)
         self.policy.eval()
         with D.gathered(self.policy):
             return sample(
-                self.policy, self.world.device, [self.prompts[i] for i in index], index,
-                r.group_size, r.max_new_tokens, r.temperature, r.top_p, r.top_k, self.pad_id, self.stop_ids,
+                self.policy.lm, [self.prompts[i] for i in index], index, self.cfg.rollout.group_size, self.sampling,
+                self.pad_id, engine=self.engine, tokenizer=self.tokenizer,
             )
 
+    def prompt_group(self, batch: Rollout) -> int:
+        """G when the training passes can compute each prompt once (--grpo.share-prompt): micro-batches
+        hold whole groups and each group's rows share one prompt (one host read per step); else 1."""
+        g, m = self.cfg.rollout.group_size, self.cfg.grpo.micro_batch_size
+        if not self.cfg.grpo.share_prompt or g == 1 or m % g or len(batch) % g:
+            return 1
+        grouped = batch.prompt_ids.view(-1, g, batch.prompt_ids.shape[1])
+        return g if bool((grouped == grouped[:, :1]).all()) else 1
+
     @torch.no_grad()
-    def logprobs(self, model: Policy, batch: Rollout) -> torch.Tensor:
+    def logprobs(self, model: Policy, batch: Rollout, group: int = 1) -> torch.Tensor:
         """[N, C] log-probs of the completions under `model`, micro-batch by micro-batch."""
         out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.world.device)
         m = self.cfg.grpo.micro_batch_size
-        for start in range(0, len(batch), m):
-            part = batch.rows(start, start + m)
-            logp, _ = model.logprobs(part, self.cfg.rollout.temperature)
+        for start, part in zip(range(0, len(batch), m), batch.split(m)):
+            logp, _ = model.logprobs(part, self.cfg.rollout.temperature, group)
             out[start : start + m, : logp.shape[1]] = logp
         return out
 
-    def update(self, batch: Rollout, advantages: torch.Tensor) -> dict[str, float]:
-        """num_iterations optimizer steps on this rank's rollouts. advantages: [N]."""
+    def update(self, batch: Rollout, advantages: torch.Tensor, global_tokens: torch.Tensor | None = None) -> dict[str, float]:
+        """num_iterations optimizer steps on this rank's rollouts. advantages: [N]; global_tokens:
+        completion tokens over all ranks (summed here when not given). The micro-batch loop keeps
+        its sums on the device; they are read once, at the end."""
         g, m = self.cfg.grpo, self.cfg.grpo.micro_batch_size
         self.policy.train()
         t0 = time.perf_counter()
-        old = self.logprobs(self.policy, batch) if g.num_iterations > 1 else None
-        ref = self.logprobs(self.ref, batch) if self.ref is not None else None
+        group = self.prompt_group(batch)
+        old = self.logprobs(self.policy, batch, group) if g.num_iterations > 1 else None
+        ref = self.logprobs(self.ref, batch, group) if self.ref is not None else None
         t1 = time.perf_counter()
-        local_tokens = batch.completion_mask.sum().float()
-        global_tokens = int(D.all_reduce_sum(local_tokens).item())
+        if global_tokens is None:
+            global_tokens = D.all_reduce_sum(batch.completion_mask.sum().float())
+        global_tokens = global_tokens.to(self.world.device).clamp(min=1)
         global_seqs = len(batch) * self.world.size
-        starts = range(0, len(batch), m)
-        sums = torch.zeros(6, dtype=torch.float64)  # loss, kl, low, high, region, entropy (token-weighted)
+        parts = batch.split(m)
+        sums = torch.zeros(6, dtype=torch.float64, device=self.world.device)  # loss, kl, low, high, region, entropy
         for _ in range(g.num_iterations):
             self.opt.zero_grad(set_to_none=True)
-            for start in starts:
-                part = batch.rows(start, start + m)
+            for i, (start, part) in enumerate(zip(range(0, len(batch), m), parts)):
+                if g.grad_sync == "last":
+                    self.policy.set_requires_gradient_sync(i == len(parts) - 1)
                 width = part.completion_ids.shape[1]
                 loss, stats = self.policy.loss(
                     part, advantages[start : start + m],
                     None if old is None else old[start : start + m, :width],
                     None if ref is None else ref[start : start + m, :width],
-                    self.loss_settings,
+                    self.loss_settings, group,
                 )
-                tokens = int(part.completion_mask.sum())
-                w = microbatch_weight(g.loss_type, len(part), tokens, global_seqs, global_tokens, len(starts), self.world.size)
+                tokens = part.completion_mask.sum()
+                w = microbatch_weight(g.loss_type, len(part), tokens, global_seqs, global_tokens, len(parts), self.world.size)
                 (loss * w).backward()
-                sums += torch.tensor(
-                    [loss.item() * w / self.world.size]
-                    + [float(stats[k]) * tokens for k in ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio", "entropy")],
-                    dtype=torch.float64,
-                )
+                sums += torch.stack(
+                    [loss.detach() * w / self.world.size]
+                    + [stats[k] * tokens for k in ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio", "entropy")]
+                ).double()
             grad_norm = self._clip()
             self.opt.step()
             self.sched.step()
-        sums = D.all_reduce_sum(sums) / g.num_iterations
+        totals = torch.cat([D.all_reduce_sum(sums) / g.num_iterations, grad_norm.double()[None], global_tokens.double()[None]])
+        loss, *weighted, grad_norm, tokens = totals.tolist()
         names = ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
-        out = {"loss": sums[0].item(), "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0],
+        out = {"loss": loss, "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0],
                "time/logprobs_s": t1 - t0, "time/update_s": time.perf_counter() - t1}
-        out.update({k: (v / max(global_tokens, 1)).item() for k, v in zip(names, sums[1:])})
+        out.update({k: v / tokens for k, v in zip(names, weighted)})
         return out
 
-    def _clip(self) -> float:
+    def _clip(self) -> torch.Tensor:
         params = [p for p in self.policy.parameters() if p.grad is not None]
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        return D.full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm)).item()
+        return D.full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         batch = self.rollout(step)
         t1 = time.perf_counter()
         scores = self.reward.score(batch.completion_ids, batch.completion_mask, self.features, batch.item_index, step)
-        scores = {k: D.all_gather_cat(v.float()) for k, v in scores.items()}  # [N_global]
+        scores, lengths, ended = self._gather_step(batch, scores)
         adv = group_advantages(scores["total"], self.cfg.rollout.group_size, self.cfg.grpo.scale_rewards)
         t2 = time.perf_counter()
         n = len(batch)
-        metrics = self.update(batch, adv[self.world.rank * n : (self.world.rank + 1) * n].to(self.world.device))
+        metrics = self.update(batch, adv[self.world.rank * n : (self.world.rank + 1) * n].to(self.world.device), lengths.sum())
         t3 = time.perf_counter()
-        metrics.update(self._rollout_metrics(batch, scores))
+        metrics.update(self._rollout_metrics(lengths, ended, scores))
         metrics.update({"time/generation_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": t3 - t0})
         metrics["throughput/tokens_per_s"] = metrics["completion/tokens"] / (t3 - t0)
         if self.cfg.sample_every and step % self.cfg.sample_every == 0:
             self._log_samples(step, batch, scores)
         return metrics
 
-    def _rollout_metrics(self, batch: Rollout, scores: dict[str, torch.Tensor]) -> dict[str, float]:
-        lengths = D.all_gather_cat(batch.completion_mask.sum(1).float())
-        last = batch.completion_ids.gather(1, (batch.completion_mask.sum(1, keepdim=True) - 1))
-        ended = torch.isin(last.squeeze(1), torch.tensor(self.stop_ids, device=last.device)).float()
-        ended = D.all_gather_cat(ended)
+    def _gather_step(self, batch: Rollout, scores: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Every rank's reward components, completion lengths and whether each completion ended
+        (rather than hit max_new_tokens), [N_global] each on the host: one stacked all-gather."""
+        lengths = batch.completion_mask.sum(1)
+        last = batch.completion_ids.gather(1, lengths[:, None] - 1).squeeze(1)
+        ended = torch.isin(last, torch.tensor(self.stop_ids, device=last.device)) | (lengths < self.cfg.rollout.max_new_tokens)
+        local = torch.stack([v.float() for v in scores.values()] + [lengths.float(), ended.float()], dim=1)  # [N, K + 2]
+        table = D.all_gather_cat(local).cpu().unbind(1)
+        return dict(zip(scores, table)), table[-2], table[-1]
+
+    def _rollout_metrics(self, lengths: torch.Tensor, ended: torch.Tensor, scores: dict[str, torch.Tensor]) -> dict[str, float]:
         out = {"completion/tokens": lengths.sum().item(), "completion/length_mean": lengths.mean().item(),
                "completion/length_min": lengths.min().item(), "completion/length_max": lengths.max().item(),
                "completion/clipped_frac": 1.0 - ended.mean().item(),
@@ -272,7 +295,7 @@ class Trainer:
         self.policy.eval()
         with D.gathered(self.policy):
             result = evaluate(
-                self.policy, self.world.device, self.eval_items, self.eval_prompts, self.reward,
+                self.policy.lm, self.world.device, self.eval_items, self.eval_prompts, self.reward,
                 self.eval_features, r.prompts_per_step * r.group_size // self.world.size,
                 r.max_new_tokens, self.pad_id, self.stop_ids,
             )
