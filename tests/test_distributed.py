@@ -48,6 +48,20 @@ def test_one_step_same_on_one_and_two_ranks(tmp_path, loss_type, kernel_env):
         torch.testing.assert_close(w, two["state"][name], atol=5e-5, rtol=0, msg=name)
 
 
+def test_prompt_shared_equals_plain_on_two_ranks(tmp_path):
+    """FSDP2 on 2 gloo ranks with activation checkpointing: computing each prompt once for its group
+    gives the reference log-probs, loss and (all-reduced) gradients of one full sequence per row."""
+    out = tmp_path / "shared.pt"
+    torchrun(2, "tests/dist_prompt_shared.py", [str(out), *TINY, "--model.activation-checkpointing", "--grpo.beta", "0.1",
+                                                 "--output-dir", str(tmp_path / "run")], tmp_path)
+    plain, shared = torch.load(out).values()
+    torch.testing.assert_close(shared["ref"], plain["ref"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared["loss"], plain["loss"], atol=1e-6, rtol=1e-5)
+    assert plain["grads"]["lm.model.layers.0.self_attn.q_proj.weight"].abs().max() > 0
+    for name, g in plain["grads"].items():
+        torch.testing.assert_close(shared["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
 def test_demo_trains_on_two_ranks_and_writes_a_loadable_checkpoint(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
