@@ -29,11 +29,12 @@ def check_supported(lm: PreTrainedModel) -> None:
 
 
 @contextmanager
-def sdpa(lm: PreTrainedModel) -> Iterator[None]:
-    """Attention through SDPA with our boolean masks, whatever kernel the model was loaded with
-    (flash-attn takes 2D padding masks only, eager wants additive ones)."""
+def attention(lm: PreTrainedModel, implementation: str = "sdpa") -> Iterator[None]:
+    """Attention through `implementation` (a name in HF's AttentionInterface) for the block; by
+    default SDPA with our boolean masks, whatever kernel the model was loaded with (flash-attn
+    takes 2D padding masks only, eager wants additive ones)."""
     previous = lm.config._attn_implementation
-    lm.config._attn_implementation = "sdpa"
+    lm.config._attn_implementation = implementation
     try:
         yield
     finally:
@@ -77,13 +78,15 @@ def forward(
     mask: torch.Tensor,  # [B, 1, T, K] bool, True where the query may attend the key
     cache: KVCache | None,
     hooks: bool,
+    **attention_kwargs,
 ) -> torch.Tensor:
     """Final-norm hidden states [B, T, H]. hooks=False calls each layer's `forward` directly, skipping
-    module hooks: FSDP's per-layer all-gather and reshard, when the caller holds the weights gathered."""
+    module hooks: FSDP's per-layer all-gather and reshard, when the caller holds the weights gathered.
+    `attention_kwargs` reach the attention function."""
     body = lm.model
     h = body.embed_tokens(ids)
     rope = body.rotary_emb(h, positions)
     for layer in body.layers:
         call = layer if hooks else layer.forward
-        h = call(h, attention_mask=mask, position_embeddings=rope, cache=cache)
+        h = call(h, attention_mask=mask, position_embeddings=rope, cache=cache, **attention_kwargs)
     return body.norm(h)

@@ -81,7 +81,7 @@ class Policy(nn.Module):
         lm = self.lm
         prompt_ids, prompt_mask = batch.prompt_ids[::group], batch.prompt_mask[::group]  # [P, W]
         kv = PrefixKV()
-        with decoder.sdpa(lm), decoder.cache_through_checkpoint(lm):
+        with decoder.attention(lm), decoder.cache_through_checkpoint(lm):
             h = decoder.forward(
                 lm, prompt_ids, decoder.positions_of(prompt_mask), decoder.causal_padded(prompt_mask), kv, hooks=True
             )

@@ -166,10 +166,10 @@ def test_compiled_decode_step_compiles_one_graph_per_bucket(tokenizer, items):
     logged = []
     engine = Engine(compile=True, bucket=64, log=logged.append)
     before = counters["stats"]["unique_graphs"]
-    for n in (50, 55, 70):  # + 6 new tokens: cache buckets 64, 64, 128
+    for n in (50, 55, 70):  # prompt buckets 64, 64, 128 (+ 64 for the 6 new tokens)
         batch = [p[:n] for p in prompts]
         compiled = sample(lm, batch, [0, 1], 1, params, tokenizer.pad_token_id, engine=engine)
         eager = sample(lm, batch, [0, 1], 1, params, tokenizer.pad_token_id)
         assert torch.equal(compiled.completion_ids, eager.completion_ids)
-    assert engine.graphs == {(2, 64), (2, 128)} and len(logged) == 2
+    assert engine.graphs == {(2, 128), (2, 192)} and len(logged) == 2
     assert counters["stats"]["unique_graphs"] - before == 2

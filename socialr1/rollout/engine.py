@@ -1,16 +1,19 @@
 """The rollout engine: completions from a Hugging Face decoder-only model with our own decode loop.
 
-- Each distinct prompt is prefilled once; its KV is copied into its G rows of the cache.
-- The KV cache is static: [rows, kv_heads, L, D] per layer, L rounded up to a multiple of `bucket`
-  so shapes repeat across batches. Eager decode steps attend to the live columns only (cost grows
-  with the current length, not the bucket); compiled steps read the whole bucket under a mask, so
-  each bucket is one graph.
+- Each distinct prompt is prefilled once, and its keys/values are stored once for its G rows: the
+  decode attention (group_attention) reads a prompt's KV once for the whole group and each row's own
+  generated KV, under one softmax. Prompt KV memory and reads are 1/G of a G-copies cache.
+- The KV cache is static: prompt part [P, kv_heads, Wp, D], generated part [P * G, kv_heads, Lg, D]
+  per layer, Wp and Lg rounded up to multiples of `bucket` so shapes repeat across batches. Eager
+  decode steps read the generated columns written so far only (cost grows with the current length,
+  not the bucket); compiled steps read the whole bucket under a mask, so each bucket is one graph.
 - No host synchronisation per token: tokens are chosen on the device (sampling.choose) and finished
   rows are read by the host every `check_every` steps, when stop strings are looked for too.
-- Row dropping: at a check, when at most half of the decode batch is still running, the finished
-  rows leave it (their KV rows with them). Halving bounds the cache copies to log2(rows) per
-  rollout while the per-step cost follows the running rows. Compiled steps keep static shapes and
-  never drop rows.
+- Dropping finished rows: a prompt's G rows leave the decode batch together, once all have finished
+  (a group shares its prompt KV). At a check, when at most half of the groups in the batch are
+  still running, the finished groups leave it. Halving bounds the cache copies to log2(prompts) per
+  rollout while the per-step cost follows the running groups. With G = 1 (evaluation) this drops
+  single rows. Compiled steps keep static shapes and never drop.
 - Layers are called without module hooks: under FSDP2 the caller holds the weights gathered for the
   whole rollout (distributed.gathered), so decoding does no collective and no hook work."""
 
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import decoder
 from socialr1.rollout.batch import Rollout, pad_left, stop_mask
@@ -27,53 +30,112 @@ from socialr1.rollout.sampling import SamplingParams, choose, token_logprobs
 
 BUCKET = 128  # cache length granularity (tokens)
 MAX_GRAPHS = 8  # compiled decode steps kept; further shapes decode eagerly (torch._dynamo's default cache limit)
+GROUP_ATTENTION = "socialr1_group"
 
 
-class StaticKV:
-    """Preallocated keys/values per layer, [rows, kv_heads, L, D], behind HF's `Cache.update`
-    interface. Prompts sit left-padded in columns [0, W); decode step i writes column W + i."""
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
-    def __init__(self, lm: PreTrainedModel, rows: int, length: int, dtype: torch.dtype, device: torch.device):
+
+class GroupKV:
+    """Static KV cache behind HF's `Cache.update` interface. Prefilling, `update` stores the
+    prompts' states right-aligned in the prompt part; decoding, it writes one generated column
+    (`column`) of every row. group_attention reads both parts."""
+
+    def __init__(self, lm: PreTrainedModel, prompts: int, group: int, prompt_width: int, gen_width: int,
+                 dtype: torch.dtype, device: torch.device):
         cfg = lm.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        shape = (rows, cfg.num_key_value_heads, length, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in lm.model.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in lm.model.layers]
-        self.group = 0  # > 0 while prefilling: each prompt row is copied into `group` cache rows
+        layers, heads = len(lm.model.layers), cfg.num_key_value_heads
+        self.prompt_keys = [torch.zeros(prompts, heads, prompt_width, head_dim, dtype=dtype, device=device) for _ in range(layers)]
+        self.prompt_values = [torch.zeros_like(k) for k in self.prompt_keys]
+        self.keys = [torch.zeros(prompts * group, heads, gen_width, head_dim, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.group, self.prefilling = group, False
         self.column = torch.zeros(1, dtype=torch.long, device=device)  # where the decode step writes
-        self.live: int | None = None  # columns attention reads; None: the whole bucket (compiled)
+        self.live: int | None = None  # generated columns attention reads; None: the whole bucket (compiled)
 
     @property
     def length(self) -> int:
-        return self.keys[0].shape[2]
+        return self.prompt_keys[0].shape[2] + self.keys[0].shape[2]
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.group:
+        if self.prefilling:
             width = key.shape[2]
-            self.keys[layer_idx][:, :, :width] = key.repeat_interleave(self.group, dim=0)
-            self.values[layer_idx][:, :, :width] = value.repeat_interleave(self.group, dim=0)
-            return key, value
-        self.keys[layer_idx].index_copy_(2, self.column, key)
-        self.values[layer_idx].index_copy_(2, self.column, value)
-        live = self.live or self.length
-        return self.keys[layer_idx][:, :, :live], self.values[layer_idx][:, :, :live]
+            self.prompt_keys[layer_idx][:, :, -width:] = key
+            self.prompt_values[layer_idx][:, :, -width:] = value
+        else:
+            self.keys[layer_idx].index_copy_(2, self.column, key)
+            self.values[layer_idx].index_copy_(2, self.column, value)
+        return key, value
 
-    def keep(self, rows: torch.Tensor) -> None:
+    def keep(self, groups: torch.Tensor) -> torch.Tensor:
+        """Keep these prompts (and their rows); returns the kept rows' indices."""
+        rows = (groups[:, None] * self.group + torch.arange(self.group, device=groups.device)).flatten()
+        self.prompt_keys = [k.index_select(0, groups) for k in self.prompt_keys]
+        self.prompt_values = [v.index_select(0, groups) for v in self.prompt_values]
         self.keys = [k.index_select(0, rows) for k in self.keys]
         self.values = [v.index_select(0, rows) for v in self.values]
+        return rows
+
+
+def group_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # [N, H, 1, D], N = P * G rows, a prompt's rows adjacent
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    group_kv: GroupKV | None = None,
+    prompt_visible: torch.Tensor | None = None,  # [P, Wp] bool: real prompt columns
+    gen_visible: torch.Tensor | None = None,  # [1, Lg'] bool: generated columns written so far
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """One decode step's attention over GroupKV: the G queries of a prompt meet its keys in one
+    matmul (the prompt KV is read once per group), each row meets its own generated keys, and both
+    score sets share one softmax. Returns [N, 1, H, D] as HF's attention functions do."""
+    layer = module.layer_idx
+    pk, pv = group_kv.prompt_keys[layer], group_kv.prompt_values[layer]  # [P, kv, Wp, D]
+    live = group_kv.live or group_kv.keys[layer].shape[2]
+    gk, gv = group_kv.keys[layer][:, :, :live], group_kv.values[layer][:, :, :live]  # [N, kv, Lg', D]
+    n, heads, _, d = query.shape
+    p, kv, wp, _ = pk.shape
+    g, rep = n // p, heads // kv
+
+    def by_group(x: torch.Tensor) -> torch.Tensor:  # [N, kv, rep, X] -> [P, kv, G * rep, X]
+        return x.reshape(p, g, kv, rep, -1).transpose(1, 2).reshape(p, kv, g * rep, -1)
+
+    def by_row(x: torch.Tensor) -> torch.Tensor:  # [P, kv, G * rep, X] -> [N, kv, rep, X]
+        return x.reshape(p, kv, g, rep, -1).transpose(1, 2).reshape(n, kv, rep, -1)
+
+    q = query.reshape(n, kv, rep, d)
+    prompt_scores = by_row((by_group(q) @ pk.transpose(-1, -2)).float() * scaling)  # [N, kv, rep, Wp]
+    prompt_scores = prompt_scores.masked_fill(~by_row(prompt_visible[:, None, None, :].expand(p, kv, g * rep, wp)), float("-inf"))
+    gen_scores = (q @ gk.transpose(-1, -2)).float() * scaling  # [N, kv, rep, Lg']
+    gen_scores = gen_scores.masked_fill(~gen_visible[:, None, None, :], float("-inf"))
+    top = torch.maximum(prompt_scores.amax(-1, keepdim=True), gen_scores.amax(-1, keepdim=True))
+    prompt_w, gen_w = (prompt_scores - top).exp(), (gen_scores - top).exp()
+    total = prompt_w.sum(-1, keepdim=True) + gen_w.sum(-1, keepdim=True)
+    out = by_row(by_group(prompt_w).to(pv.dtype) @ pv).float() + (gen_w.to(gv.dtype) @ gv).float()  # [N, kv, rep, D]
+    return (out / total).to(query.dtype).reshape(n, 1, heads, d), None
+
+
+AttentionInterface.register(GROUP_ATTENTION, group_attention)
 
 
 def decode_step(
     lm: PreTrainedModel,
-    cache: StaticKV,
-    tokens: torch.Tensor,  # [B] the tokens just chosen
-    positions: torch.Tensor,  # [B] their position ids
-    first_key: torch.Tensor,  # [B] first non-padding cache column of each row
+    cache: GroupKV,
+    tokens: torch.Tensor,  # [N] the tokens just chosen
+    positions: torch.Tensor,  # [N] their position ids
+    prompt_visible: torch.Tensor,  # [P, Wp]
 ) -> torch.Tensor:
-    """One token per row through the model -> next-token logits [B, V] (float32)."""
-    keys = torch.arange(cache.live or cache.length, device=tokens.device)
-    visible = (keys[None] >= first_key[:, None]) & (keys[None] <= cache.column)  # [B, K]
-    h = decoder.forward(lm, tokens[:, None], positions[:, None], visible[:, None, None], cache, hooks=False)
+    """One token per row through the model -> next-token logits [N, V] (float32)."""
+    cols = torch.arange(cache.live or cache.keys[0].shape[2], device=tokens.device)
+    gen_visible = (cols <= cache.column)[None]
+    h = decoder.forward(lm, tokens[:, None], positions[:, None], None, cache, hooks=False,
+                        group_kv=cache, prompt_visible=prompt_visible, gen_visible=gen_visible)
     return lm.lm_head(h[:, 0]).float()
 
 
@@ -145,28 +207,29 @@ class Engine:
             raise ValueError("stop strings need the tokenizer")
         device = lm.lm_head.weight.device
         ids, mask = (t.to(device) for t in pad_left(prompts, pad_id))
-        width, steps = ids.shape[1], params.max_new_tokens
-        rows = ids.shape[0] * group
-        length = -(-(width + steps) // self.bucket) * self.bucket
-        cache = StaticKV(lm, rows, length, lm.model.embed_tokens.weight.dtype, device)
-        with decoder.sdpa(lm):
-            cache.group = group
+        width = ids.shape[1]
+        cache = GroupKV(lm, len(prompts), group, round_up(width, self.bucket), round_up(params.max_new_tokens, self.bucket),
+                        lm.model.embed_tokens.weight.dtype, device)
+        with decoder.attention(lm):
+            cache.prefilling = True
             h = decoder.forward(lm, ids, decoder.positions_of(mask), decoder.causal_padded(mask), cache, hooks=False)
-            cache.group = 0
-            logits = lm.lm_head(h[:, -1]).float().repeat_interleave(group, dim=0)  # [N, V]
-            prompt_len = mask.sum(1).repeat_interleave(group)  # [N]
-            return self._decode(lm, cache, logits, prompt_len, width, params, pad_id, generator, tokenizer, with_logprobs)
+            cache.prefilling = False
+        logits = lm.lm_head(h[:, -1]).float().repeat_interleave(group, dim=0)  # [N, V]
+        prompt_len = mask.sum(1)  # [P]
+        with decoder.attention(lm, GROUP_ATTENTION):
+            return self._decode(lm, cache, logits, prompt_len, params, pad_id, generator, tokenizer, with_logprobs)
 
-    def _decode(self, lm, cache, logits, prompt_len, width, params, pad_id, generator, tokenizer, with_logprobs) -> Completions:
-        n, steps, device = logits.shape[0], params.max_new_tokens, logits.device
+    def _decode(self, lm, cache, logits, prompt_len, params, pad_id, generator, tokenizer, with_logprobs) -> Completions:
+        n, steps, device, group = logits.shape[0], params.max_new_tokens, logits.device, cache.group
         out = torch.full((n, steps), pad_id, dtype=torch.long, device=device)
         logp = torch.zeros((n, steps), dtype=torch.float32, device=device) if with_logprobs else None
         stop_ids = torch.tensor(params.stop_ids, dtype=torch.long, device=device)
         strings = StopStrings(params.stop_strings, tokenizer, n) if params.stop_strings else None
         cut = [steps] * n  # per output row: columns kept because of stop strings
         rows = torch.arange(n, device=device)  # output row of each decode row
-        first_key = (width - prompt_len).long()  # [B] per decode row
-        positions = prompt_len.long()
+        prompt_width = cache.prompt_keys[0].shape[2]
+        prompt_visible = torch.arange(prompt_width, device=device)[None] >= (prompt_width - prompt_len)[:, None]  # [P, Wp]
+        positions = prompt_len.repeat_interleave(group)  # [N] position of the first new token
         done = torch.zeros(n, dtype=torch.bool, device=device)
         step = self._step(n, cache.length)
         checked = 0
@@ -182,16 +245,17 @@ class Engine:
                 if strings is not None:
                     self._find_strings(strings, out, rows, done, checked, i + 1, cut)
                     checked = i + 1
-                running = int((~done).sum())
+                finished = done.view(-1, group).all(1)  # [P'] groups whose rows have all finished
+                running = int((~finished).sum())
                 if running == 0:
                     break
-                if self._compiled is None and 2 * running <= len(rows):
-                    keep = (~done).nonzero().squeeze(1)
-                    rows, done, tokens, first_key, positions = (t[keep] for t in (rows, done, tokens, first_key, positions))
-                    cache.keep(keep)
-            cache.column.fill_(width + i)
-            cache.live = None if self._compiled is not None else width + i + 1
-            logits = step(lm, cache, tokens, positions + i, first_key)
+                if self._compiled is None and 2 * running <= len(finished):
+                    keep = cache.keep((~finished).nonzero().squeeze(1))
+                    prompt_visible = prompt_visible[(~finished)]
+                    rows, done, tokens, positions = (t[keep] for t in (rows, done, tokens, positions))
+            cache.column.fill_(i)
+            cache.live = None if self._compiled is not None else i + 1
+            logits = step(lm, cache, tokens, positions + i, prompt_visible)
         used = i + 1
         if strings is not None:
             self._find_strings(strings, out, rows, done, checked, used, cut)
