@@ -88,8 +88,8 @@ def group_attention(
     scaling: float,
     dropout: float = 0.0,
     group_kv: GroupKV | None = None,
-    prompt_visible: torch.Tensor | None = None,  # [P, Wp] bool: real prompt columns
-    gen_visible: torch.Tensor | None = None,  # [1, Lg'] bool: generated columns written so far
+    prompt_bias: torch.Tensor | None = None,  # [P, 1, 1, Wp] float: 0 on prompt tokens, -inf on padding
+    gen_bias: torch.Tensor | None = None,  # [1, 1, 1, Lg] float: -inf on columns not yet written; None: all written
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """One decode step's attention over GroupKV: the G queries of a prompt meet its keys in one
@@ -100,7 +100,7 @@ def group_attention(
     live = group_kv.live or group_kv.keys[layer].shape[2]
     gk, gv = group_kv.keys[layer][:, :, :live], group_kv.values[layer][:, :, :live]  # [N, kv, Lg', D]
     n, heads, _, d = query.shape
-    p, kv, wp, _ = pk.shape
+    p, kv = pk.shape[:2]
     g, rep = n // p, heads // kv
 
     def by_group(x: torch.Tensor) -> torch.Tensor:  # [N, kv, rep, X] -> [P, kv, G * rep, X]
@@ -110,14 +110,14 @@ def group_attention(
         return x.reshape(p, kv, g, rep, -1).transpose(1, 2).reshape(n, kv, rep, -1)
 
     q = query.reshape(n, kv, rep, d)
-    prompt_scores = by_row((by_group(q) @ pk.transpose(-1, -2)).float() * scaling)  # [N, kv, rep, Wp]
-    prompt_scores = prompt_scores.masked_fill(~by_row(prompt_visible[:, None, None, :].expand(p, kv, g * rep, wp)), float("-inf"))
+    prompt_scores = (by_group(q) @ pk.transpose(-1, -2)).float() * scaling + prompt_bias  # [P, kv, G * rep, Wp]
     gen_scores = (q @ gk.transpose(-1, -2)).float() * scaling  # [N, kv, rep, Lg']
-    gen_scores = gen_scores.masked_fill(~gen_visible[:, None, None, :], float("-inf"))
-    top = torch.maximum(prompt_scores.amax(-1, keepdim=True), gen_scores.amax(-1, keepdim=True))
-    prompt_w, gen_w = (prompt_scores - top).exp(), (gen_scores - top).exp()
-    total = prompt_w.sum(-1, keepdim=True) + gen_w.sum(-1, keepdim=True)
-    out = by_row(by_group(prompt_w).to(pv.dtype) @ pv).float() + (gen_w.to(gv.dtype) @ gv).float()  # [N, kv, rep, D]
+    if gen_bias is not None:
+        gen_scores = gen_scores + gen_bias
+    top = torch.maximum(by_row(prompt_scores.amax(-1, keepdim=True)), gen_scores.amax(-1, keepdim=True))  # [N, kv, rep, 1]
+    prompt_w, gen_w = (prompt_scores - by_group(top)).exp(), (gen_scores - top).exp()
+    total = by_row(prompt_w.sum(-1, keepdim=True)) + gen_w.sum(-1, keepdim=True)
+    out = by_row((prompt_w.to(pv.dtype) @ pv).float()) + (gen_w.to(gv.dtype) @ gv).float()  # [N, kv, rep, D]
     return (out / total).to(query.dtype).reshape(n, 1, heads, d), None
 
 
@@ -129,13 +129,15 @@ def decode_step(
     cache: GroupKV,
     tokens: torch.Tensor,  # [N] the tokens just chosen
     positions: torch.Tensor,  # [N] their position ids
-    prompt_visible: torch.Tensor,  # [P, Wp]
+    prompt_bias: torch.Tensor,  # [P, 1, 1, Wp]
 ) -> torch.Tensor:
     """One token per row through the model -> next-token logits [N, V] (float32)."""
-    cols = torch.arange(cache.live or cache.keys[0].shape[2], device=tokens.device)
-    gen_visible = (cols <= cache.column)[None]
+    gen_bias = None  # eager steps read exactly the columns written so far
+    if cache.live is None:
+        cols = torch.arange(cache.keys[0].shape[2], device=tokens.device)
+        gen_bias = torch.zeros(cols.shape, device=tokens.device).masked_fill(cols > cache.column, float("-inf"))[None, None, None]
     h = decoder.forward(lm, tokens[:, None], positions[:, None], None, cache, hooks=False,
-                        group_kv=cache, prompt_visible=prompt_visible, gen_visible=gen_visible)
+                        group_kv=cache, prompt_bias=prompt_bias, gen_bias=gen_bias)
     return lm.lm_head(h[:, 0]).float()
 
 
@@ -228,7 +230,8 @@ class Engine:
         cut = [steps] * n  # per output row: columns kept because of stop strings
         rows = torch.arange(n, device=device)  # output row of each decode row
         prompt_width = cache.prompt_keys[0].shape[2]
-        prompt_visible = torch.arange(prompt_width, device=device)[None] >= (prompt_width - prompt_len)[:, None]  # [P, Wp]
+        padding = torch.arange(prompt_width, device=device)[None] < (prompt_width - prompt_len)[:, None]  # [P, Wp]
+        prompt_bias = torch.zeros(padding.shape, device=device).masked_fill(padding, float("-inf"))[:, None, None]
         positions = prompt_len.repeat_interleave(group)  # [N] position of the first new token
         done = torch.zeros(n, dtype=torch.bool, device=device)
         step = self._step(n, cache.length)
@@ -251,11 +254,11 @@ class Engine:
                     break
                 if self._compiled is None and 2 * running <= len(finished):
                     keep = cache.keep((~finished).nonzero().squeeze(1))
-                    prompt_visible = prompt_visible[(~finished)]
+                    prompt_bias = prompt_bias[~finished]
                     rows, done, tokens, positions = (t[keep] for t in (rows, done, tokens, positions))
             cache.column.fill_(i)
             cache.live = None if self._compiled is not None else i + 1
-            logits = step(lm, cache, tokens, positions + i, prompt_visible)
+            logits = step(lm, cache, tokens, positions + i, prompt_bias)
         used = i + 1
         if strings is not None:
             self._find_strings(strings, out, rows, done, checked, used, cut)
