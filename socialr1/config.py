@@ -112,7 +112,8 @@ class GRPOConfig:
     completions attend to the prompt's keys/values (same values and gradients as without). Works with
     activation checkpointing, both kernel backends and FSDP2; attention runs through SDPA there
     whatever --model.attn-implementation says. Falls back to one full sequence per row when
-    --grpo.micro-batch-size is not a multiple of --rollout.group-size."""
+    --grpo.micro-batch-size is not a multiple of --rollout.group-size, or for a model without the
+    Qwen3/Llama layer layout or with sliding-window layers."""
     grad_sync: Literal["every", "last"] = "every"
     """Under FSDP2 on several ranks: reduce-scatter gradients after every micro-batch ("every":
     sharded gradient memory only), or only after the last one of an optimizer step ("last": fewer

@@ -17,15 +17,20 @@ class KVCache(Protocol):
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def check_supported(lm: PreTrainedModel) -> None:
+def unsupported(lm: PreTrainedModel) -> str | None:
+    """Why our layer-by-layer forward cannot run this model, or None when it can."""
     body = getattr(lm, "model", None)
     missing = [a for a in ("embed_tokens", "layers", "norm", "rotary_emb") if not hasattr(body, a)]
-    sliding = "sliding_attention" in (getattr(lm.config, "layer_types", None) or ())
-    if missing or sliding or not hasattr(lm, "lm_head"):
-        raise ValueError(
-            f"{type(lm).__name__}: the rollout engine runs decoder-only models with the Qwen3/Llama layout and full "
-            "attention in every layer (missing: " + (", ".join(missing) or "none") + f"; sliding window: {sliding})"
-        )
+    if missing or not hasattr(lm, "lm_head"):
+        return f"{type(lm).__name__} lacks the Qwen3/Llama decoder layout ({', '.join(missing) or 'lm_head'})"
+    if "sliding_attention" in (getattr(lm.config, "layer_types", None) or ()):
+        return f"{type(lm).__name__} has sliding-window layers; only full attention is supported"
+    return None
+
+
+def check_supported(lm: PreTrainedModel) -> None:
+    if reason := unsupported(lm):
+        raise ValueError(f"the rollout engine cannot run this model: {reason}")
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedModel
 
+from socialr1 import decoder
 from socialr1 import distributed as D
 from socialr1.checkpoint import load_train_state, save_checkpoint
 from socialr1.config import ConfigError, OptimConfig, TrainConfig
@@ -177,7 +178,7 @@ class Trainer:
         """G when the training passes can compute each prompt once (--grpo.share-prompt): micro-batches
         hold whole groups and each group's rows share one prompt (one host read per step); else 1."""
         g, m = self.cfg.rollout.group_size, self.cfg.grpo.micro_batch_size
-        if not self.cfg.grpo.share_prompt or g == 1 or m % g or len(batch) % g:
+        if not self.cfg.grpo.share_prompt or g == 1 or m % g or len(batch) % g or decoder.unsupported(self.policy.lm):
             return 1
         grouped = batch.prompt_ids.view(-1, g, batch.prompt_ids.shape[1])
         return g if bool((grouped == grouped[:, :1]).all()) else 1
