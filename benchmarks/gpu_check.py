@@ -6,7 +6,7 @@ measured at Qwen3 shapes with random weights (no hub), judged in one verdict tab
 
 Parts, each in its own process (fresh GPU memory, its own time limit):
   kernels    parity of the Triton kernels (compiled for this GPU) against naive at Qwen3-4B shapes,
-             then the kernel_bench sweep (naive, torch, triton) and its targets
+             then kernel_bench rows (naive, triton; N=4096, 16384) and their targets
   rollout    sampling on a Qwen3-4B-shaped random bf16 model: 64 prompts x 5, 512 new tokens, HF's
              compile off and on, SDPA and flash-attn (when it imports) for decoding
   attention  training forward + backward on a Qwen3-1.7B-shaped model, SDPA against flash-attn
@@ -41,7 +41,7 @@ DRY_LIMIT_S = 240
 @dataclass
 class Config:
     dry_run: bool = False
-    """CPU, tiny shapes, a few prompts: every part runs in about a minute; the numbers mean nothing."""
+    """CPU, tiny shapes, a few prompts: every part runs (about a minute of CPU); the numbers mean nothing."""
     parts: tuple[Part, ...] = PARTS
     """Which parts to run."""
     out_dir: Path = ROOT / "benchmarks" / "results" / "gpu_check"
@@ -115,7 +115,8 @@ def tokenizer():
 
     fmt = SIPFormat()
     items = generate_items(64, seed=0)
-    return tiny.build_tokenizer([user_message(it, fmt) for it in items] + [fmt.render(it.gold_stages, it.answer_letter) for it in items], 1000)
+    corpus = [user_message(it, fmt) for it in items] + [fmt.render(it.gold_stages, it.answer_letter) for it in items]
+    return tiny.build_tokenizer(corpus, 1000)
 
 
 def qwen3_config(shape: Shape, pad_id: int, eos_id: int):
