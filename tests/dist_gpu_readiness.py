@@ -84,17 +84,15 @@ def main(out: Path, args: list[str]) -> None:
     report["copy_buffers_equal"] = all(torch.equal(a, b) for a, b in zip(trainer.policy.buffers(), twin.buffers()))
 
     # Leaving `gathered` gives the root back its default (keep gathered after forward) and the
-    # layers theirs (reshard): compare a no-grad forward's aftermath before and after a rollout.
+    # layers theirs (reshard). The rollout comes first, as in training: FSDP decides the root's
+    # default at the first forward, which here runs inside `gathered`.
     batch, adv = fixed_batch(trainer)
     n = len(batch) // trainer.world.size
     lo = trainer.world.rank * n
     batch, adv = batch.rows(lo, lo + n), adv[lo : lo + n]
-    trainer.logprobs(trainer.policy, batch)
-    before = (root_params_sharded(trainer.policy), layers_sharded(trainer.policy))
     trainer.rollout(0)
     trainer.logprobs(trainer.policy, batch)
-    report["after_forward"] = {"before_rollout": before,
-                               "after_rollout": (root_params_sharded(trainer.policy), layers_sharded(trainer.policy))}
+    report["root_and_layers_sharded_after_forward"] = [root_params_sharded(trainer.policy), layers_sharded(trainer.policy)]
 
     # One update in bf16 mixed precision: what the loss received, and the reference's state after.
     metrics = trainer.update(batch, adv)

@@ -37,10 +37,10 @@ def test_loss_inputs_reach_the_kernel_in_float32_under_bf16_mixed_precision(two_
 
 
 def test_leaving_gathered_restores_each_groups_reshard_setting(two_ranks):
-    """After a no-grad forward the root keeps its weights gathered (FSDP's default for the root,
-    which the backward would need) and the layers reshard; the same after a rollout."""
+    """After a rollout, a forward leaves the root's weights gathered (FSDP's default for the root,
+    whose backward would need them at once) and the layers' resharded."""
     for rank in two_ranks:
-        assert rank["after_forward"] == {"before_rollout": [False, True], "after_rollout": [False, True]}
+        assert rank["root_and_layers_sharded_after_forward"] == [False, True]
 
 
 def test_reference_model_reshards_after_its_logprob_pass(two_ranks):
