@@ -2,13 +2,15 @@
 authors' protocol. `load("hitom:200", sources)` gives a benchmark, or a fixed seeded subset of it."""
 
 import random
+from pathlib import Path
 from types import ModuleType
 
-from socialr1.data import DataError
+from socialr1.data import DataError, FieldMap, load_items
 from socialr1.evalsets import (
     bigtom, emobench, hitom, motivebench, opentom, simpletom, socialiqa, tactfultom, tombench, tombench_hard,
 )
 from socialr1.evalsets.common import Benchmark, Missing, Protocol, Sources
+from socialr1.items import MCQItem
 
 ADAPTERS: dict[str, ModuleType] = {
     "tombench": tombench,
@@ -25,7 +27,7 @@ ADAPTERS: dict[str, ModuleType] = {
 # The eight benchmarks of Social-R1's results table, whose mean is its "Overall".
 SUITES = {"social-r1": ("tombench", "tombench-hard", "socialiqa", "simpletom", "emobench", "motivebench", "hitom", "tactfultom")}
 
-__all__ = ["ADAPTERS", "SUITES", "Benchmark", "Missing", "Protocol", "Sources", "is_benchmark", "load"]
+__all__ = ["ADAPTERS", "SUITES", "Benchmark", "Missing", "Protocol", "Sources", "eval_items", "is_benchmark", "load"]
 
 
 def is_benchmark(spec: str) -> bool:
@@ -45,3 +47,11 @@ def load(spec: str, sources: Sources) -> Benchmark:
         rows = sorted(random.Random(sources.seed).sample(range(len(bench.items)), min(int(count), len(bench.items))))
         bench.items = [bench.items[r] for r in rows]
     return bench
+
+
+def eval_items(spec: str, fields: FieldMap = FieldMap()) -> list[MCQItem]:
+    """train.py's eval items: a benchmark (`tombench`, `hitom:200`) unless a file or folder of that
+    name exists, else whatever load_items reads."""
+    if is_benchmark(spec) and not Path(spec).expanduser().exists():
+        return load(spec, Sources(fields=fields)).items
+    return load_items(spec, fields)

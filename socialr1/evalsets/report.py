@@ -75,7 +75,7 @@ def _footer(results: dict) -> list[str]:
     lines = []
     if results["overall"]["missing"]:
         lines.append("missing from Overall: " + ", ".join(
-            f"{b} ({results['missing'].get(b, 'not asked')[:100]})" for b in results["overall"]["missing"]))
+            f"{b} ({results['missing'].get(b, 'not asked').split(';')[0]})" for b in results["overall"]["missing"]))
     if "compare" in results:
         lines.append(f"paper rows: {results['compare']['source']}")
     return lines
