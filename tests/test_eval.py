@@ -23,9 +23,10 @@ QWEN3 = ROOT.parent / "shared" / "tokenizers" / "qwen3"
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def eval_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], capture_output=True, text=True, timeout=600,
-                          env=OFFLINE)
+def eval_cli(*args: str, ranks: int = 0) -> subprocess.CompletedProcess:
+    launch = [sys.executable] + (["-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
+                                  f"--master_port={29500 + (os.getpid() + 7) % 1000}"] if ranks else [])
+    return subprocess.run([*launch, str(ROOT / "eval.py"), *args], capture_output=True, text=True, timeout=600, env=OFFLINE)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def model_dir(tmp_path_factory, tokenizer):
     return path
 
 
-def test_suite_run_writes_table_results_and_predictions(tmp_path, model_dir, items):
+def test_suite_run_on_two_ranks_writes_table_results_and_predictions(tmp_path, model_dir, items):
     if not (DATA_ROOT / "tombench").is_dir():
         pytest.skip(f"{DATA_ROOT} is absent (evaluation data lives beside the checkout)")
     rows = [{"STORY": it.story, "QUESTION": it.question, "options": list(it.options), "gold": it.answer_letter,
@@ -44,7 +45,7 @@ def test_suite_run_writes_table_results_and_predictions(tmp_path, model_dir, ite
     (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     done = eval_cli("--model", str(model_dir), "--suite", "social-r1", "--limit", "4", "--max-new-tokens", "4",
                     "--batch-size", "64", "--compare", "--data", str(tmp_path / "mine.jsonl"), "--fields.options",
-                    "options", "--fields.answer", "gold", "--fields.ability", "kind", "--output", str(tmp_path / "out"))
+                    "options", "--fields.answer", "gold", "--fields.ability", "kind", "--output", str(tmp_path / "out"), ranks=2)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     present = [b for b in ("tombench", "tombench-hard", "socialiqa", "simpletom", "emobench", "motivebench", "hitom",
@@ -55,7 +56,9 @@ def test_suite_run_writes_table_results_and_predictions(tmp_path, model_dir, ite
     for summary in results["benchmarks"].values():
         assert summary["items"] == 4 and 0 <= summary["accuracy"] <= 1 and summary["items_per_s"] > 0
     predictions = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == sum(s["completions"] for s in results["benchmarks"].values())
+    # the prompts were split over the two ranks: each (item, order) comes back exactly once
+    assert len({(p["benchmark"], p["id"], p["k"]) for p in predictions}) == len(predictions)
+    assert len(predictions) == sum(s["completions"] for s in results["benchmarks"].values()) == 4 * (5 + 6 + 5)
     assert {"benchmark", "id", "prompt", "completion", "parsed", "gold", "order"} <= set(predictions[0])
     assert "<|im_start|>user" in predictions[0]["prompt"]
     assert "Overall" in (tmp_path / "out" / "results.md").read_text()

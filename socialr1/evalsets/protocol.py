@@ -17,6 +17,7 @@ Aggregate = Literal["mean", "majority"]
 @dataclass(frozen=True)
 class Ask:
     item: int  # index into the benchmark's items
+    k: int  # which of the item's orders
     order: tuple[int, ...]  # shown option j is original option order[j]
     shown: MCQItem  # the item as asked: options in this order, answer remapped
 
@@ -34,9 +35,9 @@ def orders(item: MCQItem, count: int, fixed: Sequence[tuple[int, ...]], seed: in
 def expand(bench: Benchmark, count: int, seed: int) -> list[Ask]:
     asks = []
     for i, item in enumerate(bench.items):
-        for order in orders(item, count, bench.protocol.fixed, seed):
+        for k, order in enumerate(orders(item, count, bench.protocol.fixed, seed)):
             shown = replace(item, options=tuple(item.options[j] for j in order), answer=order.index(item.answer))
-            asks.append(Ask(i, order, shown))
+            asks.append(Ask(i, k, order, shown))
     return asks
 
 
@@ -69,7 +70,7 @@ def score(
         formatted += ok_format
         records.append({
             "benchmark": bench.name, "id": ask.shown.source, "category": ask.shown.ability,
-            "order": "".join(LETTERS[j] for j in ask.order), "completion": text,
+            "k": ask.k, "order": "".join(LETTERS[j] for j in ask.order), "completion": text,
             "parsed": None if chosen is None else LETTERS[chosen], "rule": rule,
             "gold": ask.shown.answer_letter, "correct": chosen == ask.shown.answer, "format": ok_format,
         })

@@ -3,6 +3,8 @@
 Its columns are unpublished, so the common layouts are detected; `--fields.*` overrides detection.
 Never evaluate a model on the split it was trained on."""
 
+from pathlib import Path
+
 from socialr1.data import DataError, FieldMap, table_items
 from socialr1.evalsets.common import Benchmark, Sources, local_or_hub, tables
 
@@ -39,4 +41,5 @@ def load(src: Sources) -> Benchmark:
     for label, table in tables(source, src.tombench_hard_split):
         fields = src.fields if src.fields != FieldMap() else detect(table.column_names, label)
         items += table_items(table, fields, label)
-    return Benchmark("tombench-hard", items, note=f"{source} ({src.tombench_hard_split} split on the hub)")
+    hub = source == src.tombench_hard and not Path(source).expanduser().exists()
+    return Benchmark("tombench-hard", items, note=f"{source} [{src.tombench_hard_split}]" if hub else source)
