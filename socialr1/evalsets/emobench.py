@@ -1,6 +1,6 @@
 """EmoBench (Sabour et al., ACL 2024): Emotional Understanding (EU: an emotion and a cause question
 per scenario, 400 items per language) and Emotional Application (EA: 200). Gold as option text;
-questions and option order as the authors' prompts."""
+questions and option order as the authors' English prompts (also used for `--lang zh` scenarios)."""
 
 from socialr1.evalsets.common import Benchmark, Sources, field_of, index_of, mcq, read_jsonl
 
