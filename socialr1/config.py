@@ -37,7 +37,11 @@ class ModelConfig:
     """Compute dtype: auto is bfloat16 on CUDA (FSDP mixed precision over float32 master weights)
     and float32 on CPU."""
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    """Attention kernel: auto is flash_attention_2 when flash-attn is importable on CUDA, else sdpa."""
+    """Attention kernel for training and log-probs: auto is flash_attention_2 when flash-attn
+    imports on CUDA, else sdpa."""
+    random_init: bool = False
+    """Build the model from name-or-path's config.json with random weights, loading only the config
+    and tokenizer (benchmarks at real shapes without the weights, e.g. benchmarks/gpu_check.py)."""
     activation_checkpointing: bool = True
     """Recompute decoder-layer activations in the backward pass (less memory, ~30% more compute)."""
 
@@ -53,8 +57,9 @@ class DataConfig:
     synthetic: int = 0
     """If > 0, train on this many generated false-belief items instead of reading `path`."""
     eval_path: str | None = None
-    """Items to evaluate on every `eval_every` steps (same formats as `path`); none: no eval,
-    unless `eval_synthetic` is set."""
+    """Items to evaluate on every `eval_every` steps: same formats as `path`, or a benchmark name
+    (`tombench`, `hitom:200` for a fixed seeded subset of 200; see eval.py); none: no eval, unless
+    `eval_synthetic` is set."""
     eval_synthetic: int = 0
     """If > 0 and no `eval_path`, evaluate on this many generated items unseen in training."""
     eval_limit: int | None = None

@@ -9,6 +9,10 @@ from typing import Iterator, Protocol
 import torch
 from transformers import PreTrainedModel
 
+# Our boolean 4D masks go through SDPA whatever kernel the model was loaded with: flash-attn takes
+# 2D padding masks only, eager wants additive ones (switch with models.attention).
+MASKED_ATTENTION = "sdpa"
+
 
 class KVCache(Protocol):
     """What HF's attention calls (the `Cache.update` interface): store or combine this layer's new
@@ -31,19 +35,6 @@ def unsupported(lm: PreTrainedModel) -> str | None:
 def check_supported(lm: PreTrainedModel) -> None:
     if reason := unsupported(lm):
         raise ValueError(f"the rollout engine cannot run this model: {reason}")
-
-
-@contextmanager
-def attention(lm: PreTrainedModel, implementation: str = "sdpa") -> Iterator[None]:
-    """Attention through `implementation` (a name in HF's AttentionInterface) for the block; by
-    default SDPA with our boolean masks, whatever kernel the model was loaded with (flash-attn
-    takes 2D padding masks only, eager wants additive ones)."""
-    previous = lm.config._attn_implementation
-    lm.config._attn_implementation = implementation
-    try:
-        yield
-    finally:
-        lm.config._attn_implementation = previous
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 from kernels import grpo_loss, linear_logprobs
 from socialr1 import decoder
 from socialr1.grpo import LossType
+from socialr1.models import attention
 from socialr1.rollout import Rollout
 
 
@@ -81,7 +82,7 @@ class Policy(nn.Module):
         lm = self.lm
         prompt_ids, prompt_mask = batch.prompt_ids[::group], batch.prompt_mask[::group]  # [P, W]
         kv = PrefixKV()
-        with decoder.attention(lm), decoder.cache_through_checkpoint(lm):
+        with attention(lm, decoder.MASKED_ATTENTION), decoder.cache_through_checkpoint(lm):
             h = decoder.forward(
                 lm, prompt_ids, decoder.positions_of(prompt_mask), decoder.causal_padded(prompt_mask), kv, hooks=True
             )

@@ -25,6 +25,7 @@ import torch
 from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import decoder
+from socialr1.models import attention
 from socialr1.rollout.batch import Rollout, pad_left, stop_mask
 from socialr1.rollout.sampling import SamplingParams, choose, token_logprobs
 
@@ -212,13 +213,13 @@ class Engine:
         width = ids.shape[1]
         cache = GroupKV(lm, len(prompts), group, round_up(width, self.bucket), round_up(params.max_new_tokens, self.bucket),
                         lm.model.embed_tokens.weight.dtype, device)
-        with decoder.attention(lm):
+        with attention(lm, decoder.MASKED_ATTENTION):
             cache.prefilling = True
             h = decoder.forward(lm, ids, decoder.positions_of(mask), decoder.causal_padded(mask), cache, hooks=False)
             cache.prefilling = False
         logits = lm.lm_head(h[:, -1]).float().repeat_interleave(group, dim=0)  # [N, V]
         prompt_len = mask.sum(1)  # [P]
-        with decoder.attention(lm, GROUP_ATTENTION):
+        with attention(lm, GROUP_ATTENTION):
             return self._decode(lm, cache, logits, prompt_len, params, pad_id, generator, tokenizer, with_logprobs)
 
     def _decode(self, lm, cache, logits, prompt_len, params, pad_id, generator, tokenizer, with_logprobs) -> Completions:
