@@ -20,7 +20,7 @@ from socialr1.config import ModelConfig
 from socialr1.data import DataError, FieldMap, load_items
 from socialr1.evaluate import evaluate
 from socialr1.models import ModelLoadError, load_pretrained, stop_token_ids
-from socialr1.prompts import encode_prompts
+from socialr1.prompts import encode_prompts, prefilled
 from socialr1.rewards import RewardConfig, SIPReward
 from socialr1.sip import SIPFormat
 
@@ -57,7 +57,7 @@ def main(cfg: EvalConfig) -> dict[str, float]:
         lm, tokenizer = load_pretrained(ModelConfig(name_or_path=cfg.model), world.device)
         lm.to(world.device, torch.bfloat16 if world.device.type == "cuda" else torch.float32).eval()
         items = load_items(cfg.data, cfg.fields, cfg.split, cfg.limit)
-        reward = SIPReward(tokenizer, RewardConfig(), total_steps=1, fmt=cfg.sip)
+        reward = SIPReward(tokenizer, RewardConfig(), total_steps=1, fmt=cfg.sip, prefix=prefilled(tokenizer, cfg.sip))
         result = evaluate(
             lm, world.device, items, encode_prompts(tokenizer, items, cfg.sip), reward,
             reward.encode_items(items), cfg.batch_size, cfg.max_new_tokens, tokenizer.pad_token_id,
@@ -69,7 +69,7 @@ def main(cfg: EvalConfig) -> dict[str, float]:
                 Path(cfg.output).write_text(json.dumps(result, indent=2, ensure_ascii=False))
         return result
     finally:
-        D.close_world()
+        D.close_world(world)
 
 
 def table(result: dict[str, float]) -> str:

@@ -73,12 +73,16 @@ def load_items(
             items.append(_item(record, fields, list_options, f"{label}:{row}"))
             if len(items) == limit:
                 return items
+    if not items:
+        raise DataError(f"{source}: no items in it")
     return items
 
 
 def _load_file(path: Path, label: str) -> datasets.Dataset:
     if path.suffix not in BUILDERS:
         raise DataError(f"{label}: unsupported file type; use one of {', '.join(BUILDERS)}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{label}: empty file")
     try:
         return datasets.load_dataset(BUILDERS[path.suffix], data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types; the user needs the file, not the stack

@@ -18,6 +18,7 @@ class World:
     rank: int
     size: int
     device: torch.device
+    owns_group: bool  # created by init_world, so close_world ends it (a caller's group is left as found)
 
     @property
     def is_main(self) -> bool:
@@ -30,7 +31,8 @@ def init_world(device: str) -> World:
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
     backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         if "RANK" in os.environ:
             dist.init_process_group(backend)
         else:
@@ -39,12 +41,12 @@ def init_world(device: str) -> World:
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
-        return World(rank, dist.get_world_size(), torch.device("cuda", local))
-    return World(rank, dist.get_world_size(), torch.device("cpu"))
+        return World(rank, dist.get_world_size(), torch.device("cuda", local), owns)
+    return World(rank, dist.get_world_size(), torch.device("cpu"), owns)
 
 
-def close_world() -> None:
-    if dist.is_initialized():
+def close_world(world: World) -> None:
+    if world.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

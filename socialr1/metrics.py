@@ -19,12 +19,16 @@ class RunLog:
         self.bar: tqdm | None = None
 
     def start(self, initial_step: int) -> None:
-        """Open the event files (appending to a resumed run's) and the bar at `initial_step`."""
+        """Open the event files and the bar at `initial_step`. A resumed run's files keep only the
+        steps before it: those after its checkpoint are written again, once."""
         if not self.enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.output_dir / "tb"))
-        self.jsonl = (self.output_dir / "metrics.jsonl").open("a")
+        self.writer = SummaryWriter(str(self.output_dir / "tb"), purge_step=initial_step or None)
+        path = self.output_dir / "metrics.jsonl"
+        kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] < initial_step] if path.exists() else []
+        path.write_text("".join(kept))
+        self.jsonl = path.open("a")
         self.bar = tqdm(total=self.total_steps, initial=initial_step, desc="grpo", unit="step", dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
