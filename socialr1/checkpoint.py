@@ -4,6 +4,7 @@ to resume from (`train_state/`: sharded model and optimizer via torch.distribute
 scheduler, step, and each rank's RNG). Written under a temporary name and renamed, so a crash never
 leaves a half-written directory under the final name."""
 
+import copy
 import os
 import re
 import shutil
@@ -47,11 +48,11 @@ def save_checkpoint(
     dist.barrier()
     full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
-        config_dtype, policy.lm.config.dtype = policy.lm.config.dtype, dtype  # config.json names the saved dtype
-        try:
-            policy.lm.save_pretrained(tmp, state_dict={k.removeprefix("lm."): v.to(dtype) for k, v in full.items()})
-        finally:
-            policy.lm.config.dtype = config_dtype
+        policy.lm.save_pretrained(tmp, state_dict={k.removeprefix("lm."): v.to(dtype) for k, v in full.items()})
+        # save_pretrained writes the dtype of the (float32 master) parameters; config.json must name the saved one
+        config = copy.deepcopy(policy.lm.config)
+        config.dtype = dtype
+        config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     if optimizer is not None and scheduler is not None:
         model_state, optim_state = get_state_dict(policy, optimizer)
