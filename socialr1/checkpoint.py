@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_state_dict,
@@ -37,7 +36,7 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     meta: dict | None = None,
 ) -> None:
-    """Collective: every rank calls it. Rank 0 writes the full weights in `dtype`; with an optimizer,
+    """Collective: every rank calls it. The weights are written in `dtype`; with an optimizer,
     every rank also writes its shards of the training state, and rank 0 the trainer's `meta` (the
     step first of all) with the scheduler."""
     rank = dist.get_rank()
@@ -46,13 +45,20 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Every rank writes its own shards as safetensors and rank 0 joins them file to file: the full
+    # model is never gathered into one process's memory (benchmarks/RESULTS.md: export memory).
+    # Tied weights (embedding = LM head) are one parameter under two names: named_parameters lists it once.
+    unique = {name for name, _ in (*policy.named_parameters(), *policy.named_buffers())}
+    weights = {k.removeprefix("lm."): v.to(dtype) for k, v in get_model_state_dict(policy).items() if k in unique}
+    dcp.save(weights, storage_writer=dcp.HuggingFaceStorageWriter(str(tmp), save_distributed=True, enable_consolidation=True))
+    del weights
     if rank == 0:
-        policy.lm.save_pretrained(tmp, state_dict={k.removeprefix("lm."): v.to(dtype) for k, v in full.items()})
-        # save_pretrained writes the dtype of the (float32 master) parameters; config.json must name the saved one
+        shutil.rmtree(tmp / "sharded")  # the per-rank files, now consolidated
         config = copy.deepcopy(policy.lm.config)
-        config.dtype = dtype
+        config.dtype = dtype  # the dtype the weights are saved in, not the float32 master weights'
         config.save_pretrained(tmp)
+        if policy.lm.generation_config is not None:
+            policy.lm.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     if optimizer is not None and scheduler is not None:
         model_state, optim_state = get_state_dict(policy, optimizer)
