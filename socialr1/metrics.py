@@ -26,8 +26,7 @@ class RunLog:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.writer = SummaryWriter(str(self.output_dir / "tb"), purge_step=initial_step or None)
         path = self.output_dir / "metrics.jsonl"
-        kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] < initial_step] if path.exists() else []
-        path.write_text("".join(kept))
+        path.write_text(_rows_before(path, initial_step) if path.exists() else "")
         self.jsonl = path.open("a")
         self.bar = tqdm(total=self.total_steps, initial=initial_step, desc="grpo", unit="step", dynamic_ncols=True)
 
@@ -59,6 +58,19 @@ class RunLog:
             self.bar.close()
             self.writer.close()
             self.jsonl.close()
+
+
+def _rows_before(path: Path, step: int) -> str:
+    """The lines of a metrics.jsonl for steps before `step`, less a last line cut short by a kill."""
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["step"] < step:
+            kept.append(line)
+    return "".join(kept)
 
 
 def mean_std(prefix: str, values: torch.Tensor) -> dict[str, float]:
