@@ -159,7 +159,7 @@ def main(cfg: EvalConfig) -> dict:
             write(cfg.output, results, predictions)
         return results
     finally:
-        D.close_world()
+        D.close_world(world)
 
 
 def write(output: str, results: dict, predictions: list[dict]) -> None:
