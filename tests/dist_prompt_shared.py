@@ -17,6 +17,7 @@ from tests.dist_update import GROUP, fixed_batch  # noqa: E402
 
 def main(out: str, args: list[str]) -> None:
     trainer = Trainer(parse(args))
+    trainer.setup()
     batch, adv = fixed_batch(trainer)
     n = len(batch) // trainer.world.size
     lo = trainer.world.rank * n
