@@ -123,6 +123,13 @@ class WarmStartConfig:
     """Learning rate of the warm start."""
     batch_size: int = 16
     """Items per warm-start step."""
+    prompt_loss: bool = False
+    """Also learn to predict the prompt. Its stories name each character and place more than once,
+    which teaches a tiny model to copy from context sooner than the traces alone."""
+    answers: Literal["gold", "random"] = "gold"
+    """gold: each trace ends in the right option. random: in a random one (Response Generation and
+    answer tag), so the warm start teaches the format and the reasoning but no answer, and what GRPO
+    adds to accuracy is measurable."""
 
 
 @dataclass

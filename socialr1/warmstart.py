@@ -12,36 +12,49 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1.config import ConfigError, WarmStartConfig
-from socialr1.items import MCQItem
+from socialr1.items import LETTERS, MCQItem
 from socialr1.sip import SIPFormat
+from socialr1.synthetic import response_stage
 
 IGNORE = -100  # label HF's loss skips
 
 
 def gold_completions(
-    tokenizer: PreTrainedTokenizerBase, items: Sequence[MCQItem], fmt: SIPFormat
+    tokenizer: PreTrainedTokenizerBase, items: Sequence[MCQItem], fmt: SIPFormat, random_answers: int | None = None
 ) -> list[list[int]]:
+    """Token ids of each item's gold trace and answer. With `random_answers` (a seed), each trace
+    chooses a random option instead (Response Generation and answer tag), so the traces teach the
+    format and the reasoning but nothing about which option is right."""
     missing = [it.source for it in items if it.gold_stages is None]
     if missing:
         raise ConfigError(
             f"warm start needs gold SIP traces, which only generated items have "
             f"(--data.synthetic N); {len(missing)} items lack them, first: {missing[0]}"
         )
-    texts = [fmt.render(it.gold_stages, it.answer_letter) + tokenizer.eos_token for it in items]
+    rng = random.Random(random_answers)
+    texts = []
+    for it in items:
+        stages, choice = it.gold_stages, it.answer
+        if random_answers is not None:
+            choice = rng.randrange(len(it.options))
+            stages = (*stages[:-1], response_stage(it.options[choice], LETTERS[choice]))
+        texts.append(fmt.render(stages, LETTERS[choice]) + tokenizer.eos_token)
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def _batch(
-    prompts: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int
+    prompts: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int, prompt_loss: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, mask, labels [B, L]; labels cover the completion only."""
+    """Right-padded ids, mask, labels [B, L]; labels cover the completion (and the prompt too with
+    `prompt_loss`)."""
     width = max(len(p) + len(t) for p, t in zip(prompts, targets))
     ids = torch.full((len(prompts), width), pad_id)
     labels = torch.full((len(prompts), width), IGNORE)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, (p, t) in enumerate(zip(prompts, targets)):
         ids[row, : len(p) + len(t)] = torch.tensor(p + t)
-        labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
+        first = 0 if prompt_loss else len(p)
+        labels[row, first : len(p) + len(t)] = ids[row, first : len(p) + len(t)]
         mask[row, : len(p) + len(t)] = 1
     return ids, mask, labels
 
@@ -64,7 +77,7 @@ def warm_start(
     bar = tqdm(range(cfg.steps), desc="warm start", disable=not show_progress, dynamic_ncols=True)
     for _ in bar:
         rows = rng.sample(range(len(prompts)), min(cfg.batch_size, len(prompts)))
-        ids, mask, labels = _batch([prompts[r] for r in rows], [targets[r] for r in rows], pad_id)
+        ids, mask, labels = _batch([prompts[r] for r in rows], [targets[r] for r in rows], pad_id, cfg.prompt_loss)
         device = lm.device
         loss = lm(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         opt.zero_grad(set_to_none=True)
