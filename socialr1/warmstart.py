@@ -43,18 +43,16 @@ def gold_completions(
 
 
 def _batch(
-    prompts: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int, prompt_loss: bool = False
+    prompts: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, mask, labels [B, L]; labels cover the completion (and the prompt too with
-    `prompt_loss`)."""
+    """Right-padded ids, mask, labels [B, L]; labels cover the completion only."""
     width = max(len(p) + len(t) for p, t in zip(prompts, targets))
     ids = torch.full((len(prompts), width), pad_id)
     labels = torch.full((len(prompts), width), IGNORE)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, (p, t) in enumerate(zip(prompts, targets)):
         ids[row, : len(p) + len(t)] = torch.tensor(p + t)
-        first = 0 if prompt_loss else len(p)
-        labels[row, first : len(p) + len(t)] = ids[row, first : len(p) + len(t)]
+        labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
         mask[row, : len(p) + len(t)] = 1
     return ids, mask, labels
 
@@ -77,7 +75,7 @@ def warm_start(
     bar = tqdm(range(cfg.steps), desc="warm start", disable=not show_progress, dynamic_ncols=True)
     for _ in bar:
         rows = rng.sample(range(len(prompts)), min(cfg.batch_size, len(prompts)))
-        ids, mask, labels = _batch([prompts[r] for r in rows], [targets[r] for r in rows], pad_id, cfg.prompt_loss)
+        ids, mask, labels = _batch([prompts[r] for r in rows], [targets[r] for r in rows], pad_id)
         device = lm.device
         loss = lm(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         opt.zero_grad(set_to_none=True)
