@@ -2,6 +2,9 @@
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import matplotlib.image
 
@@ -10,6 +13,8 @@ from socialr1.plots import plot_curves
 from socialr1.sip import SIPFormat
 from socialr1.synthetic import generate_items
 from socialr1.warmstart import gold_completions
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_random_answer_traces_keep_the_reasoning_and_choose_at_random(tokenizer):
@@ -38,3 +43,24 @@ def test_curves_png_shows_rewards_and_eval_accuracy(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     height, width, _ = matplotlib.image.imread(png).shape
     assert width > height > 300
+
+
+def test_short_demo_reports_accuracy_per_item_type_and_draws_its_curves(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "demo", "--steps", "2", "--eval-every", "1", "--warmstart.steps", "10",
+         "--data.synthetic", "48", "--data.eval-synthetic", "24", "--model.tiny-hidden-size", "64",
+         "--model.tiny-vocab-size", "600", "--rollout.prompts-per-step", "4", "--rollout.group-size", "2",
+         "--rollout.max-new-tokens", "16", "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    kinds = {k.split("/", 2)[2] for k in evals[0] if k.startswith("eval/accuracy/")}
+    assert kinds == {"False Belief: first order", "False Belief: second order", "False Belief: third order",
+                     "False Belief: fourth order", "True Belief: control", "Reality"}
+    assert evals[0]["eval/n"] == 24 and evals[0]["eval/chance"] == 0.25
+    assert "True Belief: control" in done.stdout  # the per-type line of each eval
+    png = out / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(png).ndim == 3
