@@ -24,19 +24,20 @@ def plot_curves(metrics: Path, out: Path) -> None:
         points = [(r["step"], r[f"reward/{part}/mean"]) for r in rows if f"reward/{part}/mean" in r]
         if points:
             left.plot(*zip(*points), label=part, linewidth=2.5 if part == "total" else 1.2)
-    left.set(title="reward per step (sampled, temperature 1)", xlabel="GRPO step", ylabel="mean reward")
-    left.legend(fontsize=8)
+    left.set(title="reward per step (mean over the sampled rollouts)", xlabel="GRPO step", ylabel="mean reward")
     evals = [r for r in rows if "eval/accuracy" in r]
     names = sorted({k for r in evals for k in r if k.startswith("eval/accuracy/")})
     for name in ["eval/accuracy", *names]:
         points = [(r["step"], r[name]) for r in evals if name in r]
         overall = name == "eval/accuracy"
-        right.plot(*zip(*points), marker="o", label="all" if overall else name.split("/", 2)[2],
-                   linewidth=2.5 if overall else 1.0, alpha=1.0 if overall else 0.7)
-    if evals:
-        if "eval/chance" in evals[0]:
-            right.axhline(evals[0]["eval/chance"], color="grey", linestyle=":", label="chance")
-        right.legend(fontsize=8)
+        if points:
+            right.plot(*zip(*points), marker="o", label="all" if overall else name.split("/", 2)[2],
+                       linewidth=2.5 if overall else 1.0, alpha=1.0 if overall else 0.7)
+    if evals and "eval/chance" in evals[0]:
+        right.axhline(evals[0]["eval/chance"], color="grey", linestyle=":", label="chance")
+    for panel in (left, right):
+        if panel.lines:
+            panel.legend(fontsize=8)
     right.set(title="held-out accuracy (greedy)", xlabel="GRPO step", ylabel="accuracy", ylim=(0, 1))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
