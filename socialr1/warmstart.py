@@ -20,11 +20,15 @@ IGNORE = -100  # label HF's loss skips
 
 
 def gold_completions(
-    tokenizer: PreTrainedTokenizerBase, items: Sequence[MCQItem], fmt: SIPFormat, random_answers: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[MCQItem],
+    fmt: SIPFormat,
+    prefilled: str = "",
+    random_answers: int | None = None,
 ) -> list[list[int]]:
-    """Token ids of each item's gold trace and answer. With `random_answers` (a seed), each trace
-    chooses a random option instead (Response Generation and answer tag), so the traces teach the
-    format and the reasoning but nothing about which option is right."""
+    """Token ids of each item's gold trace and answer, less what the generation prompt pre-fills.
+    With `random_answers` (a seed), each trace chooses a random option instead (Response Generation
+    and answer tag), so the traces teach the format and the reasoning but not which option is right."""
     missing = [it.source for it in items if it.gold_stages is None]
     if missing:
         raise ConfigError(
@@ -38,7 +42,7 @@ def gold_completions(
         if random_answers is not None:
             choice = rng.randrange(len(it.options))
             stages = (*stages[:-1], response_stage(it.options[choice], LETTERS[choice]))
-        texts.append(fmt.render(stages, LETTERS[choice]) + tokenizer.eos_token)
+        texts.append(fmt.render(stages, LETTERS[choice]).removeprefix(prefilled) + tokenizer.eos_token)
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
