@@ -63,11 +63,12 @@ def test_greedy_equals_hf_generate_token_for_token(tokenizer, lively, items, gro
     expected, expected_mask = hf_generate(lively, prompts, group, pad, stops, steps)
     r = sample(lively, prompts, [4, 5, 6], group, SamplingParams(steps, temperature=0.0, stop_ids=stops), pad)
     assert r.item_index.tolist() == [i for i in (4, 5, 6) for _ in range(group)]
-    width = r.completion_ids.shape[1]
-    assert torch.equal(r.completion_ids, expected[:, :width]) and torch.equal(r.completion_mask, expected_mask[:, :width])
-    assert not expected_mask[:, width:].any()
+    width = min(r.completion_ids.shape[1], expected.shape[1])  # both may stop before `steps`, at different checks
+    assert torch.equal(r.completion_ids[:, :width], expected[:, :width])
+    assert torch.equal(r.completion_mask[:, :width], expected_mask[:, :width])
+    assert not expected_mask[:, width:].any() and not r.completion_mask[:, width:].any()
     lengths = r.completion_mask.sum(1)
-    assert lengths.min() <= 3 and lengths.max() == steps  # some rows stopped early, some ran to the end
+    assert lengths.min() <= 3 < lengths.max()  # some rows stopped early, some went on
 
 
 def test_seeded_sampling_is_reproducible_and_stop_strings_end_rows_exactly(tokenizer, lively, items):
