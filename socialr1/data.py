@@ -5,7 +5,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import datasets
 
@@ -49,20 +49,8 @@ def load_items(
     'file:row' with rows counted from 1."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    path = Path(source).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in BUILDERS)
-        if not files:
-            raise DataError(f"{path}: no {'/'.join(BUILDERS)} files in this folder")
-        tables = ((f"{path.name}/{f.name}", _load_file(f, f"{path.name}/{f.name}")) for f in files)
-    elif path.is_file():
-        tables = iter([(path.name, _load_file(path, path.name))])
-    elif path.suffix in BUILDERS or source.startswith((".", "/", "~")):
-        raise DataError(f"{source}: no such file or folder")
-    else:
-        tables = iter([(f"{source}[{split}]", _load_hub(source, split))])
     items: list[MCQItem] = []
-    for label, table in tables:
+    for label, table in load_tables(source, split):
         list_options = fields.options in table.column_names
         if not list_options and f"{fields.options}A" not in table.column_names:
             raise DataError(
@@ -74,6 +62,22 @@ def load_items(
             if len(items) == limit:
                 return items
     return items
+
+
+def load_tables(source: str, split: str = "train") -> Iterator[tuple[str, datasets.Dataset]]:
+    """(label for error messages, table) of a Hub dataset name, a local file, or each supported
+    file of a folder (sorted). `split` applies to Hub datasets; a local file is one split."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in BUILDERS)
+        if not files:
+            raise DataError(f"{path}: no {'/'.join(BUILDERS)} files in this folder")
+        return ((f"{path.name}/{f.name}", _load_file(f, f"{path.name}/{f.name}")) for f in files)
+    if path.is_file():
+        return iter([(path.name, _load_file(path, path.name))])
+    if path.suffix in BUILDERS or source.startswith((".", "/", "~")):
+        raise DataError(f"{source}: no such file or folder")
+    return iter([(f"{source}[{split}]", _load_hub(source, split))])
 
 
 def _load_file(path: Path, label: str) -> datasets.Dataset:

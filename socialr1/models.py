@@ -26,16 +26,17 @@ def attn_implementation(cfg: ModelConfig, device: torch.device) -> str:
 
 
 def load_pretrained(
-    cfg: ModelConfig, device: torch.device
+    cfg: ModelConfig, device: torch.device, auto_class: type = AutoModelForCausalLM, **kwargs
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Master weights in float32 (FSDP casts to the compute dtype for forward/backward)."""
+    """Master weights in float32 (FSDP casts to the compute dtype for forward/backward). `kwargs`
+    go to `auto_class.from_pretrained` (e.g. num_labels for a reward model)."""
     reason = None if Path(cfg.name_or_path).exists() else hub_unavailable()
     if reason:
         raise ModelLoadError(_advice(cfg.name_or_path, reason))
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path)
-        lm = AutoModelForCausalLM.from_pretrained(
-            cfg.name_or_path, dtype=torch.float32, attn_implementation=attn_implementation(cfg, device)
+        lm = auto_class.from_pretrained(
+            cfg.name_or_path, dtype=torch.float32, attn_implementation=attn_implementation(cfg, device), **kwargs
         )
     except OSError as e:
         raise ModelLoadError(_advice(cfg.name_or_path, str(e))) from e
