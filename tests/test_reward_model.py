@@ -95,7 +95,7 @@ def test_template_cuts_stages_and_batched_scores_equal_one_by_one(tokenizer, one
     pairs = generate_pairs(6, seed=1)
     contexts = [inputs.context(p.story, p.question, p.options) for p in pairs]
     for unit in ("think", "stage"):
-        cfg = inputs.InputConfig(unit=unit, max_tokens=120)
+        cfg = inputs.InputConfig(unit=unit, max_length=120)
         enc = inputs.encode(tokenizer, contexts, [p.rejected for p in pairs], cfg, FMT)
         assert all(len(ids) <= 120 for group in enc for ids in group)
         batched = inputs.score(head, enc, tokenizer.pad_token_id, 4000, torch.device("cpu"))
@@ -174,19 +174,20 @@ def test_resume_continues_bitwise(tmp_path, world, one_thread):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_one_step_same_on_one_and_two_ranks(tmp_path):
+def test_one_step_same_on_one_and_two_ranks(tmp_path, world, one_thread):
     """Two optimizer steps (the first moves only the zero-initialised head, the second the whole
-    model) on 1 and on 2 gloo ranks, micro-batched by a budget that splits each rank's pairs."""
+    model) on 1 rank (in-process) and on 2 gloo ranks (torchrun), micro-batched by a budget that
+    splits each rank's pairs."""
+    from tests.rm_dist_step import first_steps
+
     args = [*TINY, "--steps", "2", "--optim.lr", "1e-3"]
-    results = []
-    for nproc in (1, 2):
-        out = tmp_path / f"r{nproc}.pt"
-        torchrun(nproc, "tests/rm_dist_step.py", [str(out), *args, "--output-dir", str(tmp_path / f"run{nproc}")], tmp_path)
-        results.append(torch.load(out))
-    one, two = results
+    trainer = RMTrainer(parse([*args, "--output-dir", str(tmp_path / "run1")]))
+    one = first_steps(trainer)
+    torchrun(2, "tests/rm_dist_step.py", [str(tmp_path / "r2.pt"), *args, "--output-dir", str(tmp_path / "run2")], tmp_path)
+    two = torch.load(tmp_path / "r2.pt")
     for m1, m2 in zip(one["metrics"], two["metrics"]):
         for key in ("loss", "accuracy", "margin/mean", "score/std", "grad_norm"):
             assert m1[key] == pytest.approx(m2[key], rel=1e-4, abs=1e-6), key
-    assert one["micro_batches"] > 1
+    assert one["micro_batches"] > 1 and two["micro_batches"] > 1
     for name, w in one["state"].items():
         torch.testing.assert_close(w, two["state"][name], atol=5e-5, rtol=0, msg=name)

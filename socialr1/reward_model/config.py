@@ -85,15 +85,15 @@ def _demo() -> RMConfig:
         model=ModelConfig(tiny=True, tiny_hidden_size=128, tiny_layers=2, tiny_vocab_size=1024, dtype="float32",
                           activation_checkpointing=False),
         data=PairDataConfig(synthetic=4000, eval_synthetic=800),
-        input=InputConfig(max_tokens=512),
+        input=InputConfig(max_length=512),
         optim=OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=10, weight_decay=0.01),
         pairs_per_step=32,
         token_budget=16384,
-        steps=200,
+        steps=120,
         device="cpu",
         output_dir="runs/rm-demo",
         save_every=0,
-        eval_every=50,
+        eval_every=40,
     )
 
 

@@ -19,7 +19,7 @@ from socialr1.items import LETTERS
 from socialr1.sip import SIPFormat
 
 Unit = Literal["think", "stage"]
-CONFIG_KEY = "socialr1_reward_input"  # in the checkpoint's config.json: {"unit": ..., "max_tokens": ...}
+CONFIG_KEY = "socialr1_reward_input"  # in the checkpoint's config.json: {"unit": ..., "max_length": ...}
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,8 @@ class InputConfig:
 
     unit: Unit = "think"
     """Score the whole think text in one input, or each SIP stage segment separately and average."""
-    max_tokens: int = 2048
-    """Token limit of one input; longer inputs keep their last tokens (the reasoning and the token
-    the score is read at)."""
+    max_length: int = 4096
+    """Token limit of one input; longer inputs are cut at the end."""
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> "InputConfig":
@@ -66,10 +65,10 @@ def encode(
 ) -> list[list[list[int]]]:
     """Token ids of every text's inputs: [text][input][token]."""
     inputs = [reward_inputs(c, t, cfg.unit, fmt) for c, t in zip(contexts, thinks)]
-    flat = tokenizer([s for group in inputs for s in group], add_special_tokens=False)["input_ids"]
+    flat = tokenizer([s for group in inputs for s in group], truncation=True, max_length=cfg.max_length)["input_ids"]
     out, at = [], 0
     for group in inputs:
-        out.append([ids[-cfg.max_tokens :] for ids in flat[at : at + len(group)]])
+        out.append(flat[at : at + len(group)])
         at += len(group)
     return out
 

@@ -196,7 +196,7 @@ def write_jsonl(pairs: list[Pair], path: Path) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def main(out: Path, train: int = 4000, eval: int = 600, seed: int = 0) -> None:
+def main(out: tyro.conf.Positional[Path], train: int = 4000, eval: int = 600, seed: int = 0) -> None:
     """Write generated SIP preference pairs to OUT/train.jsonl and OUT/eval.jsonl.
 
     Args:
