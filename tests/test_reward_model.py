@@ -120,7 +120,7 @@ def test_pair_files_load_with_mapped_fields_and_bad_rows_name_file_row_field(tmp
     (tmp_path / "same.jsonl").write_text(json.dumps({"question": "q", "chosen": "a", "rejected": "a", "options": ["x", "y"]}))
     with pytest.raises(DataError, match=r"^same.jsonl: row 1: field 'rejected': the same text as the chosen one$"):
         load_pairs(str(tmp_path / "same.jsonl"))
-    done = subprocess.run([sys.executable, str(ROOT / "train_rm.py"), "rm-demo", "--data.synthetic", "0", "--data.path",
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "reward-model", "rm-demo", "--data.synthetic", "0", "--data.path",
                            str(tmp_path / "bad.jsonl"), "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == "error: bad.jsonl: row 2: field 'rejected': missing"

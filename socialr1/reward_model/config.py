@@ -1,5 +1,5 @@
 """Settings of a reward-model run, as typed dataclasses that tyro turns into
-`python train_rm.py --help`. Model and optimizer settings are the GRPO run's own dataclasses.
+`python train.py reward-model --help`. Model and optimizer settings are the GRPO run's own dataclasses.
 
 Presets: `rm-qwen3-4b` (Qwen3-4B with a scalar head, the default) and `rm-demo` (tiny model,
 generated pairs, CPU, a few minutes)."""
