@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import distributed as D
-from socialr1.checkpoint import load_train_state, save_checkpoint
 from socialr1.config import ConfigError
 from socialr1.metrics import RunLog, mean_std
 from socialr1.models import build_tiny, load_pretrained
@@ -43,12 +42,19 @@ def classifier_from_causal(lm: PreTrainedModel) -> PreTrainedModel:
 
 
 class RMTrainer:
+    # The GRPO trainer's output-dir rule, checkpointing, resume and gradient clipping, shared: they
+    # use only fields both have (cfg.output_dir / resume / overwrite / optim, out, log, policy,
+    # opt, sched, tokenizer, dtype). `policy` here is the sharded reward model.
+    _check_output_dir = Trainer._check_output_dir
+    _resume = Trainer._resume
+    save = Trainer.save
+    _clip = Trainer._clip
+
     def __init__(self, cfg: RMConfig):
         self.cfg = cfg
         self.world = D.init_world(cfg.device)
         self.out = Path(cfg.output_dir)
-        # The GRPO trainer's rule for an output dir that already holds a run (same fields used).
-        self.replace_earlier_run = Trainer._check_output_dir(self)
+        self.replace_earlier_run = self._check_output_dir()
         self.log = RunLog(self.out, cfg.steps, enabled=self.world.is_main, desc="reward model", shown="loss")
         on_cuda = self.world.device.type == "cuda"
         self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and on_cuda) else torch.float32
@@ -62,10 +68,10 @@ class RMTrainer:
         self.eval_ids = self._encode(self.eval_pairs)
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = inputs.RewardHead(lm.to(self.world.device))
-        D.shard(self.model, lm.model.layers, self.dtype if self.dtype != torch.float32 else None, ())
+        self.policy = inputs.RewardHead(lm.to(self.world.device))
+        D.shard(self.policy, lm.model.layers, self.dtype if self.dtype != torch.float32 else None, ())
         self.opt = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+            self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.optim, cfg.steps))
         self.start_step = self._resume(Path(cfg.resume)) if cfg.resume else 0
@@ -146,7 +152,7 @@ class RMTrainer:
         texts = [self.train_ids[2 * i + k] for i in pairs for k in (0, 1)]
         owner = torch.tensor([t for t, group in enumerate(texts) for _ in group], device=self.world.device)
         ids, mask = inputs.pad_right([row for group in texts for row in group], self.pad_id)
-        flat = self.model(ids.to(self.world.device), mask.to(self.world.device))  # [R]
+        flat = self.policy(ids.to(self.world.device), mask.to(self.world.device))  # [R]
         counts = torch.tensor([len(g) for g in texts], device=flat.device)
         return (torch.zeros(len(texts), device=flat.device).index_add(0, owner, flat) / counts).view(-1, 2)
 
@@ -159,7 +165,7 @@ class RMTrainer:
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         index = self.pair_indices(step)
-        self.model.train()
+        self.policy.train()
         self.opt.zero_grad(set_to_none=True)
         done = []
         for group in self.micro_batches(index):
@@ -176,11 +182,6 @@ class RMTrainer:
         out.update({"grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0], "time/step_s": time.perf_counter() - t0})
         return out
 
-    def _clip(self) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        return D.full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm)).item()
-
     # ---- eval --------------------------------------------------------------------------------
     @torch.no_grad()
     def eval_scores(self) -> torch.Tensor:
@@ -189,9 +190,9 @@ class RMTrainer:
         n, size = len(self.eval_pairs), self.world.size
         per = math.ceil(n / size)
         lo, hi = min(n, self.world.rank * per), min(n, (self.world.rank + 1) * per)
-        self.model.eval()
-        with D.gathered(self.model):
-            mine = inputs.score(self.model, self.eval_ids[2 * lo : 2 * hi], self.pad_id, self.cfg.token_budget, self.world.device)
+        self.policy.eval()
+        with D.gathered(self.policy):
+            mine = inputs.score(self.policy, self.eval_ids[2 * lo : 2 * hi], self.pad_id, self.cfg.token_budget, self.world.device)
         padded = torch.full((2 * per,), math.nan)
         padded[: len(mine)] = mine
         return D.all_gather_cat(padded.to(self.world.device)).cpu()[: 2 * n].view(n, 2)
@@ -210,18 +211,6 @@ class RMTrainer:
         return result
 
     # ---- the run -----------------------------------------------------------------------------
-    def _resume(self, directory: Path) -> int:
-        try:
-            step = load_train_state(directory, self.model, self.opt, self.sched)
-        except FileNotFoundError as e:
-            raise ConfigError(f"--resume: {e}") from e
-        self.log.print(f"resumed from {directory} after step {step}")
-        return step
-
-    def save(self, name: str, step: int, resumable: bool) -> None:
-        opt, sched = (self.opt, self.sched) if resumable else (None, None)
-        save_checkpoint(self.model, self.tokenizer, self.out / name, self.dtype, opt, sched, step)
-
     def train(self) -> dict[str, float]:
         """Runs the steps; returns the final held-out metrics (empty without held-out pairs)."""
         cfg = self.cfg
@@ -247,7 +236,7 @@ class RMTrainer:
 
     def close(self) -> None:
         self.log.close()
-        self.model = self.opt = self.sched = None  # freed before the process group goes (see Trainer.close)
+        self.policy = self.opt = self.sched = None  # freed before the process group goes (see Trainer.close)
         gc.collect()
         D.close_world()
 
