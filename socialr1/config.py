@@ -37,7 +37,15 @@ class ModelConfig:
     """Compute dtype: auto is bfloat16 on CUDA (FSDP mixed precision over float32 master weights)
     and float32 on CPU."""
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    """Attention kernel: auto is flash_attention_2 when flash-attn is importable on CUDA, else sdpa."""
+    """Attention kernel for training and log-probs: auto is flash_attention_2 when flash-attn
+    imports on CUDA, else sdpa."""
+    decode_attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    """Attention kernel for rollouts and eval: auto is sdpa (transformers' flash-attn path syncs
+    with the host twice per layer per token under a static cache; benchmarks/gpu_check.py
+    measures both)."""
+    random_init: bool = False
+    """Build the model from name-or-path's config.json with random weights, loading only the config
+    and tokenizer (benchmarks at real shapes without the weights, e.g. benchmarks/gpu_check.py)."""
     activation_checkpointing: bool = True
     """Recompute decoder-layer activations in the backward pass (less memory, ~30% more compute)."""
 

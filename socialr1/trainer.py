@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import distributed as D
 from socialr1 import evalsets
@@ -23,7 +23,7 @@ from socialr1.evaluate import evaluate
 from socialr1.grpo import group_advantages, microbatch_weight, zero_std_fraction
 from socialr1.items import MCQItem
 from socialr1.metrics import RunLog, mean_std
-from socialr1.models import build_tiny, load_pretrained, stop_token_ids
+from socialr1.models import attention, attn_implementation, build_tiny, load_pretrained, stop_token_ids
 from socialr1.policy import LossSettings, Policy
 from socialr1.prompts import encode_prompts, user_message
 from socialr1.rewards import SIPReward
@@ -63,8 +63,8 @@ class Trainer:
             raise ConfigError(f"--rollout.prompts-per-step {cfg.rollout.prompts_per_step} must divide by the {self.world.size} ranks")
 
         self.items, self.eval_items = self._load_data()
-        lm, self.tokenizer = self._load_model()
-        lm.to(self.world.device)
+        lm, self.tokenizer = D.in_turn(self._load_model)
+        self.decode_attn = attn_implementation(cfg.model.decode_attn_implementation, self.world.device, "decode")
         self.pad_id = self.tokenizer.pad_token_id
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.items, self.prompts = self._encode(self.items, "training")
@@ -79,10 +79,10 @@ class Trainer:
         self.reward = SIPReward(self.tokenizer, cfg.reward, total_steps=cfg.steps, fmt=cfg.sip)
         self.features = self.reward.encode_items(self.items).to(self.world.device)
         self.eval_features = self.reward.encode_items(self.eval_items).to(self.world.device) if self.eval_items else None
-        self.ref = self._shard(copy.deepcopy(lm), trainable=False) if cfg.grpo.beta != 0 else None
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.policy = self._shard(lm, trainable=True)
+        self.policy = self._shard(lm)
+        self.ref = self._frozen_copy(self.policy) if cfg.grpo.beta != 0 else None
         self.opt = torch.optim.AdamW(
             self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
         )
@@ -123,13 +123,15 @@ class Trainer:
             evals = []
         return train, evals[: d.eval_limit]
 
-    def _load_model(self):
+    def _load_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         m = self.cfg.model
         if not m.tiny:
-            return load_pretrained(m, self.world.device)
+            lm, tokenizer = load_pretrained(m, self.world.device, self.cfg.seed)
+            return lm.to(self.world.device), tokenizer
         corpus = [user_message(it, self.cfg.sip) for it in self.items]
         corpus += [self.cfg.sip.render(it.gold_stages, it.answer_letter) for it in self.items if it.gold_stages]
-        return build_tiny(m, corpus, self.cfg.seed)
+        lm, tokenizer = build_tiny(m, corpus, self.cfg.seed)
+        return lm.to(self.world.device), tokenizer
 
     def _encode(self, items: list[MCQItem], what: str) -> tuple[list[MCQItem], list[list[int]]]:
         """Tokenise prompts once; drop (and report) items whose prompt is too long."""
@@ -139,11 +141,22 @@ class Trainer:
             self.log.print(f"{what}: skipped {len(items) - len(keep)} of {len(items)} items longer than --data.max-prompt-tokens")
         return [items[i] for i in keep], [prompts[i] for i in keep]
 
-    def _shard(self, lm: PreTrainedModel, trainable: bool) -> Policy:
-        lm.requires_grad_(trainable)
+    @property
+    def _param_dtype(self) -> torch.dtype | None:
+        return self.dtype if self.dtype != torch.float32 else None
+
+    def _shard(self, lm: PreTrainedModel) -> Policy:
         policy = Policy(lm)
-        D.shard(policy, lm.model.layers, self.dtype if self.dtype != torch.float32 else None, Policy.FORWARD_METHODS)
+        D.shard(policy, lm.model.layers, self._param_dtype, Policy.FORWARD_METHODS)
         return policy
+
+    def _frozen_copy(self, policy: Policy) -> Policy:
+        """The reference model: the policy's weights, built shard by shard (no full copy)."""
+        config = copy.deepcopy(policy.lm.config)
+        return D.sharded_copy(
+            policy, lambda: Policy(type(policy.lm)(config)), lambda p: p.lm.model.layers, self._param_dtype,
+            Policy.FORWARD_METHODS,
+        )
 
     # ---- one step ----------------------------------------------------------------------------
     def prompt_indices(self, step: int) -> list[int]:
@@ -164,7 +177,7 @@ class Trainer:
         r = self.cfg.rollout
         index = self.prompt_indices(step)
         self.policy.eval()
-        with D.gathered(self.policy):
+        with D.gathered(self.policy), attention(self.policy.lm, self.decode_attn):
             return sample(
                 self.policy, self.world.device, [self.prompts[i] for i in index], index,
                 r.group_size, r.max_new_tokens, r.temperature, r.top_p, r.top_k, self.pad_id, self.stop_ids,
@@ -242,6 +255,8 @@ class Trainer:
         metrics.update(self._rollout_metrics(batch, scores))
         metrics.update({"time/generation_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": t3 - t0})
         metrics["throughput/tokens_per_s"] = metrics["completion/tokens"] / (t3 - t0)
+        if self.world.device.type == "cuda":
+            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if self.cfg.sample_every and step % self.cfg.sample_every == 0:
             self._log_samples(step, batch, scores)
         return metrics
@@ -271,7 +286,7 @@ class Trainer:
     def run_eval(self, step: int) -> dict[str, float]:
         r = self.cfg.rollout
         self.policy.eval()
-        with D.gathered(self.policy):
+        with D.gathered(self.policy), attention(self.policy.lm, self.decode_attn):
             result = evaluate(
                 self.policy, self.world.device, self.eval_items, self.eval_prompts, self.reward,
                 self.eval_features, r.prompts_per_step * r.group_size // self.world.size,

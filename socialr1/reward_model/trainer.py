@@ -62,7 +62,7 @@ class RMTrainer:
             raise ConfigError(f"--pairs-per-step {cfg.pairs_per_step} must divide by the {self.world.size} ranks")
 
         self.pairs, self.eval_pairs = self._load_data()
-        lm, self.tokenizer = self._load_model()
+        lm, self.tokenizer = D.in_turn(self._load_model)
         self.pad_id = self.tokenizer.pad_token_id
         self.train_ids = self._encode(self.pairs)
         self.eval_ids = self._encode(self.eval_pairs)
@@ -99,7 +99,7 @@ class RMTrainer:
             lm, tokenizer = build_tiny(m, corpus, self.cfg.seed)
             rm = classifier_from_causal(lm)
         else:
-            rm, tokenizer = load_pretrained(m, self.world.device, AutoModelForSequenceClassification, num_labels=1)
+            rm, tokenizer = load_pretrained(m, self.world.device, self.cfg.seed, AutoModelForSequenceClassification, num_labels=1)
         # A new head starts at zero: every score is 0 and the loss log 2 at step 0, so no random
         # head biases the ranking. An earlier reward model keeps its trained head.
         if not any("SequenceClassification" in a for a in rm.config.architectures or ()):
