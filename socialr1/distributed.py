@@ -25,6 +25,7 @@ class World:
     rank: int
     size: int
     device: torch.device
+    owns_group: bool  # created by init_world, so close_world ends it (a caller's group is left as found)
 
     @property
     def is_main(self) -> bool:
@@ -41,18 +42,19 @@ def init_world(device: str) -> World:
         # Before the group exists: NCCL binds each rank's communicator to the current device.
         here = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(here)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
         kwargs = dict(timeout=TIMEOUT, device_id=here if use_cuda else None)
         if "RANK" in os.environ:
             dist.init_process_group(backend, **kwargs)
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, **kwargs)
-    return World(dist.get_rank(), dist.get_world_size(), here)
+    return World(dist.get_rank(), dist.get_world_size(), here, owns)
 
 
-def close_world() -> None:
-    if dist.is_initialized():
+def close_world(world: World) -> None:
+    if world.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

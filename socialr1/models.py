@@ -64,6 +64,11 @@ def load_pretrained(
     attn = attn_implementation(cfg.attn_implementation, device, "train")
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path)
+        if not tokenizer.chat_template:
+            raise ModelLoadError(
+                f"--model.name-or-path {cfg.name_or_path}: the tokenizer has no chat template; prompts are chats "
+                "(use the instruct / chat variant of the model, or add a chat_template to its tokenizer_config.json)"
+            )
         if cfg.random_init:
             config = AutoConfig.from_pretrained(cfg.name_or_path, **kwargs)
             torch.manual_seed(seed)
@@ -80,7 +85,7 @@ def load_pretrained(
 def _advice(name: str, reason: str) -> str:
     local = name.rstrip("/").split("/")[-1]
     return (
-        f"could not load model {name!r}: {reason}.\n"
+        f"could not load model {name!r}: {reason}. "
         "Without the Hugging Face hub, download it on a machine that has access "
         f"(hf download {name} --local-dir {local}), copy the folder here and pass its path: "
         f"--model.name-or-path ./{local}"

@@ -69,6 +69,7 @@ def main(out: Path, args: list[str]) -> None:
 
     socialr1.policy.grpo_loss = recording_loss
     trainer = Trainer(parse(args))
+    trainer.setup()
     report = {"rank": trainer.world.rank}
 
     # Ranks take turns: each rank's load starts after the previous rank's ended.

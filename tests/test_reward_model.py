@@ -131,7 +131,8 @@ def test_training_lowers_the_loss_and_grpo_scoring_of_the_checkpoint_matches_eva
     trainer = RMTrainer(cfg)
     zero = trainer.eval_scores()
     before = pair_metrics(zero, trainer.loss(zero))
-    result = trainer.train()
+    assert trainer.train()
+    result = trainer.final_eval
     trainer.log.close()
     assert before["loss"] == pytest.approx(math.log1p(math.exp(0.1)), abs=1e-6)  # zero head: scores 0, -log sigmoid(-margin)
     assert result["loss"] < before["loss"] - 0.05

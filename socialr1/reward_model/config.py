@@ -77,7 +77,8 @@ class RMConfig:
     overwrite: bool = False
     """Start afresh in an output dir that already holds a run, deleting it."""
     resume: str | None = None
-    """A checkpoint-N directory of an earlier run with the same settings: continue from step N."""
+    """A checkpoint-N directory of an earlier run with the same settings: continue from step N;
+    auto: the newest complete checkpoint in --output-dir (none: start afresh)."""
 
 
 def _demo() -> RMConfig:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import distributed as D
+from socialr1.checkpoint import load_train_state, save_checkpoint
 from socialr1.config import ConfigError
 from socialr1.metrics import RunLog, mean_std
 from socialr1.models import build_tiny, load_pretrained
@@ -42,12 +43,11 @@ def classifier_from_causal(lm: PreTrainedModel) -> PreTrainedModel:
 
 
 class RMTrainer:
-    # The GRPO trainer's output-dir rule, checkpointing, resume and gradient clipping, shared: they
-    # use only fields both have (cfg.output_dir / resume / overwrite / optim, out, log, policy,
-    # opt, sched, tokenizer, dtype). `policy` here is the sharded reward model.
+    # The GRPO trainer's output-dir rule, `--resume auto` lookup and gradient clipping, shared: they
+    # use only fields both have (cfg.output_dir / resume / overwrite / optim, out, log, policy).
+    # `policy` here is the sharded reward model.
     _check_output_dir = Trainer._check_output_dir
-    _resume = Trainer._resume
-    save = Trainer.save
+    _resume_dir = Trainer._resume_dir
     _clip = Trainer._clip
 
     def __init__(self, cfg: RMConfig):
@@ -74,7 +74,8 @@ class RMTrainer:
             self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.optim, cfg.steps))
-        self.start_step = self._resume(Path(cfg.resume)) if cfg.resume else 0
+        resume = self._resume_dir()
+        self.start_step = self._resume(resume) if resume else 0
 
     # ---- setup -------------------------------------------------------------------------------
     def _load_data(self) -> tuple[list[Pair], list[Pair]]:
@@ -211,8 +212,17 @@ class RMTrainer:
         return result
 
     # ---- the run -----------------------------------------------------------------------------
-    def train(self) -> dict[str, float]:
-        """Runs the steps; returns the final held-out metrics (empty without held-out pairs)."""
+    def _resume(self, directory: Path) -> int:
+        step = load_train_state(directory, self.policy, self.opt, self.sched)["step"]
+        self.log.print(f"resumed from {directory} after step {step}")
+        return step
+
+    def save(self, name: str, step: int, resumable: bool) -> None:
+        opt, sched = (self.opt, self.sched) if resumable else (None, None)
+        save_checkpoint(self.policy, self.tokenizer, self.out / name, self.dtype, opt, sched, {"step": step})
+
+    def train(self) -> bool:
+        """Runs the steps (True: all of them); the final held-out metrics go to `final_eval`."""
         cfg = self.cfg
         if self.replace_earlier_run and self.world.is_main:
             shutil.rmtree(self.out)
@@ -229,10 +239,10 @@ class RMTrainer:
                 self.save(f"checkpoint-{done}", done, resumable=True)
             if self.eval_pairs and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
                 self.run_eval(done)
-        result = self.run_eval(cfg.steps) if self.eval_pairs else {}
+        self.final_eval = self.run_eval(cfg.steps) if self.eval_pairs else {}
         self.save("final", cfg.steps, resumable=False)
         self.log.print(f"done: reward model in {self.out / 'final'}, TensorBoard: tensorboard --logdir {self.out / 'tb'}")
-        return result
+        return True
 
     def close(self) -> None:
         self.log.close()
