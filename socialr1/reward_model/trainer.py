@@ -248,7 +248,7 @@ class RMTrainer:
         self.log.close()
         self.policy = self.opt = self.sched = None  # freed before the process group goes (see Trainer.close)
         gc.collect()
-        D.close_world()
+        D.close_world(self.world)
 
 
 def pair_metrics(scores: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
