@@ -272,9 +272,9 @@ def spy_update(trainer: Trainer) -> list[tuple[Rollout, torch.Tensor]]:
     """Records what Trainer.step hands to Trainer.update (the rollout and its advantages), then runs it."""
     calls, real = [], trainer.update
 
-    def update(batch: Rollout, advantages: torch.Tensor):
+    def update(batch: Rollout, advantages: torch.Tensor, *rest):
         calls.append((batch, advantages.detach().clone()))
-        return real(batch, advantages)
+        return real(batch, advantages, *rest)
 
     trainer.update = update
     return calls
