@@ -331,15 +331,17 @@ def test_step_samples_from_the_configured_distribution(tmp_path, world, temperat
 
 
 def gold_batch(trainer: Trainer) -> Rollout:
-    """4 prompts x 3 completions: the gold SIP trace, the same trace choosing a wrong letter, and
-    the first half of the gold trace (no answer): rewards differ within every group."""
+    """4 prompts x 3 completions, each the gold SIP trace ("gold"), the same trace choosing a wrong
+    letter ("wrong") or the first half of the gold trace ("half"): rewards differ within every
+    group, and their spread differs between groups."""
     sip, tok = trainer.cfg.sip, trainer.tokenizer
+    kinds = [("gold", "wrong", "half"), ("gold", "gold", "wrong"), ("gold", "half", "half"), ("wrong", "wrong", "half")]
     comps = []
-    for it in trainer.items[:4]:
+    for it, group in zip(trainer.items[:4], kinds):
         wrong = "A" if it.answer_letter != "A" else "B"
         right, other = (tok(sip.render(it.gold_stages, a) + tok.eos_token, add_special_tokens=False)["input_ids"]
                         for a in (it.answer_letter, wrong))
-        comps += [right, other, right[: len(right) // 2]]
+        comps += [{"gold": right, "wrong": other, "half": right[: len(right) // 2]}[k] for k in group]
     width = max(map(len, comps))
     comp = torch.tensor([c + [trainer.pad_id] * (width - len(c)) for c in comps])
     cmask = (torch.arange(width) < torch.tensor([[len(c)] for c in comps])).long()
@@ -357,9 +359,11 @@ def test_step_advantages_follow_scale_rewards(tmp_path, world, scale):
     r = trainer.reward.score(batch.completion_ids, batch.completion_mask, trainer.features, batch.item_index, 0)["total"]
     groups = r.view(4, 3)
     centred = (groups - groups.mean(1, keepdim=True)).flatten()
-    divisor = {"group": groups.std(1).repeat_interleave(3) + 1e-4, "batch": r.std() + 1e-4, "none": 1.0}[scale]
-    assert groups.std(1).min() > 0.05 and groups.std(1).std() > 0.01  # group and batch scaling differ
-    torch.testing.assert_close(calls[0][1], centred / divisor, atol=1e-5, rtol=1e-5)
+    expected = {"group": centred / (groups.std(1).repeat_interleave(3) + 1e-4), "batch": centred / (r.std() + 1e-4),
+                "none": centred}
+    for a, b in [("group", "batch"), ("group", "none"), ("batch", "none")]:
+        assert (expected[a] - expected[b]).abs().max() > 0.1  # the three scalings are told apart here
+    torch.testing.assert_close(calls[0][1], expected[scale], atol=1e-5, rtol=1e-5)
 
 
 def test_step_weights_the_process_reward_by_the_curriculum(tmp_path, world):
