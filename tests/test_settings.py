@@ -24,6 +24,11 @@ def make_trainer(tmp_path, *flags: str) -> Trainer:
     return Trainer(parse([*TINY, *base, *flags]))
 
 
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) parameter or gradient's whole value."""
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
+
+
 def weights(trainer: Trainer) -> Params:
     """The full (unsharded) parameters, named as in the plain model (the tied head: once)."""
     return {k.removeprefix("lm."): full(p).clone() for k, p in trainer.policy.named_parameters()}
@@ -38,7 +43,7 @@ def plain_model(trainer: Trainer, params: Params) -> torch.nn.Module:
 
 class OptimizerProbe:
     """Records, at every optimizer step of the trainer, the parameters and the (clipped) gradients
-    it is about to apply, and the parameters after the last step."""
+    it is about to apply."""
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
@@ -49,10 +54,6 @@ class OptimizerProbe:
     def _record(self) -> None:
         self.before.append(weights(self.trainer))
         self.grads.append({k.removeprefix("lm."): full(p.grad).clone() for k, p in self.trainer.policy.named_parameters()})
-
-
-def full(t: torch.Tensor) -> torch.Tensor:
-    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
 
 
 def rows_of(batch: Rollout) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -96,7 +97,7 @@ def reference_loss(logp, old, ref, adv, cfg, micro: int) -> tuple[torch.Tensor, 
     else:  # bnpo: each micro-batch normalised by its own tokens, then averaged
         parts = [per_row[s : s + micro] for s in range(0, n, micro)]
         loss = sum(sum(t.sum() for t in p) / sum(len(t) for t in p) for p in parts) / len(parts)
-    kl = sum(float((torch.exp(r - lp) - (r - lp) - 1).sum()) for lp, r in zip(logp, ref)) / tokens
+    kl = sum(float((torch.exp(r - lp) - (r - lp) - 1).detach().sum()) for lp, r in zip(logp, ref)) / tokens
     return loss, {"kl": kl, "low": low / tokens, "high": high / tokens, "region": (low + high) / tokens}
 
 
@@ -126,7 +127,7 @@ def adamw(params: Params, grads: list[Params], lrs: list[float], betas, weight_d
 
 
 def assert_close_all(got: Params, want: Params, rel: float, what: str) -> None:
-    """Relative error of the whole set of tensors, and of each, in the 2-norm."""
+    """Each tensor within `rel` of its reference, relative in the 2-norm."""
     for k in want:
         err, size = (got[k] - want[k]).norm(), want[k].norm()
         assert err <= rel * size + 1e-9, f"{what}: {k}: |diff| {err:.3g} vs |want| {size:.3g}"
