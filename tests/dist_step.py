@@ -19,6 +19,7 @@ STEP = 1
 
 def main(out: str, cfg: TrainConfig) -> None:
     trainer = Trainer(cfg)
+    trainer.setup()
     calls = spy_update(trainer)
     trainer.step(STEP)
     batch, advantages = calls[0]

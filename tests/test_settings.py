@@ -21,7 +21,9 @@ Params = dict[str, torch.Tensor]
 def make_trainer(tmp_path, *flags: str) -> Trainer:
     base = ["--output-dir", str(tmp_path / "run"), "--sample-every", "0", "--grpo.beta", "0", "--optim.grad-clip", "0",
             "--rollout.prompts-per-step", "4", "--rollout.group-size", "2"]
-    return Trainer(parse([*TINY, *base, *flags]))
+    trainer = Trainer(parse([*TINY, *base, *flags]))
+    trainer.setup()
+    return trainer
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
