@@ -16,11 +16,13 @@ from eval import main as eval_main
 from socialr1 import tiny
 from socialr1.data import DataError
 from socialr1.evalsets.common import DATA_ROOT
+import socialr1.evaluate
 from socialr1.evaluate import evaluate
 from socialr1.items import MCQItem
 from socialr1.models import stop_token_ids
 from socialr1.prompts import CARD, COT, DIRECT, encode_prompts, instruction, prompt_text
 from socialr1.rewards import RewardConfig, SIPReward
+from socialr1.rollout import Rollout, pad_left, stop_mask
 from socialr1.sip import SIPFormat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,21 +114,22 @@ def test_prompt_modes_and_thinking_switch_through_the_qwen3_template(qwen3):
                            "the answer.The reasoning process")
 
 
-class ScriptedLM:
-    """A generator that answers each prompt with the completion scripted for it (HF `generate`'s
-    contract: the prompt ids followed by the new ids, right-padded)."""
+def scripted_greedy(script: dict[tuple[int, ...], list[int]]):
+    """Stands in for the rollout engine's greedy decoding: each prompt gets the completion scripted
+    for it, masked up to its first stop token as the engine masks."""
 
-    def __init__(self, script: dict[tuple[int, ...], list[int]], pad_id: int):
-        self.script, self.pad_id = script, pad_id
-
-    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
-        new = [self.script[tuple(ids[m.bool()].tolist())][:max_new_tokens] for ids, m in zip(input_ids, attention_mask)]
+    def greedy(model, prompts, item_index, max_new_tokens, pad_id, stop_ids):
+        new = [script[tuple(p)][:max_new_tokens] for p in prompts]
         width = max(map(len, new))
-        tail = torch.tensor([c + [self.pad_id] * (width - len(c)) for c in new], dtype=input_ids.dtype)
-        return torch.cat([input_ids, tail], dim=1)
+        comp = torch.tensor([c + [pad_id] * (width - len(c)) for c in new])
+        mask = stop_mask(comp, stop_ids) * (torch.arange(width)[None] < torch.tensor([[len(c)] for c in new]))
+        ids, pmask = pad_left(prompts, pad_id)
+        return Rollout(ids, pmask, comp.masked_fill(mask == 0, pad_id), mask, torch.tensor(list(item_index)))
+
+    return greedy
 
 
-def test_eval_scores_scripted_answers_exactly(tokenizer, items, world):
+def test_eval_scores_scripted_answers_exactly(tokenizer, items, world, monkeypatch):
     """Rows answer gold, a wrong letter in the right format, or nothing: accuracy, format rate and
     per-ability accuracy are exactly the fractions of the script."""
     fmt = SIPFormat()
@@ -139,7 +142,8 @@ def test_eval_scores_scripted_answers_exactly(tokenizer, items, world):
         text = "" if kind == "empty" else fmt.render(it.gold_stages, letter)
         script[tuple(p)] = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     reward = SIPReward(tokenizer, RewardConfig(), total_steps=1, fmt=fmt)
-    result = evaluate(ScriptedLM(script, tokenizer.pad_token_id), torch.device("cpu"), chosen, prompts, reward,
+    monkeypatch.setattr(socialr1.evaluate, "greedy", scripted_greedy(script))
+    result = evaluate(None, torch.device("cpu"), chosen, prompts, reward,
                       reward.encode_items(chosen), 4, 1000, tokenizer.pad_token_id, stop_token_ids(tokenizer))
     n = len(chosen)
     assert result["n"] == n
