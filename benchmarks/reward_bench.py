@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from socialr1 import rewards_fuzz as fuzz  # noqa: E402
-from socialr1 import rewards_reference as ref  # noqa: E402
+from tests import rewards_fuzz as fuzz  # noqa: E402
+from tests import rewards_reference as ref  # noqa: E402
 from socialr1.rewards import RewardConfig, SIPReward  # noqa: E402
 from socialr1.sip import SIPFormat  # noqa: E402
 from socialr1.synthetic import generate_items  # noqa: E402

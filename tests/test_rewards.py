@@ -7,13 +7,14 @@ import random
 import pytest
 import torch
 
-from socialr1 import rewards_fuzz as fuzz
-from socialr1 import rewards_reference as ref
 from socialr1.items import MCQItem
-from socialr1.rewards import RewardConfig, SIPReward, _token_bytes
+from socialr1.rewards import RewardConfig, SIPReward
+from socialr1.rewards.lexical import _token_bytes
 from socialr1.sip import SIPFormat
 from socialr1.synthetic import generate_items
 from socialr1.tiny import build_tokenizer
+from tests import rewards_fuzz as fuzz
+from tests import rewards_reference as ref
 
 FMT = SIPFormat()
 ITEMS = generate_items(120, seed=3)
@@ -266,9 +267,9 @@ def test_byte_table_matches_decode(tokenizer):
         and pieces[tokenizer.pad_token_id] == b""
     )
     for i, piece in enumerate(pieces):
-        entry = reward.token_table[i].item()
+        entry = reward.lexical.token_table[i].item()
         start, n = entry >> 16, entry & 0xFFFF
-        assert bytes((reward.vocab_packed[start : start + n] & 255).tolist()) == piece
+        assert bytes((reward.lexical.vocab_packed[start : start + n] & 255).tolist()) == piece
         want = tokenizer.decode([i], skip_special_tokens=True, clean_up_tokenization_spaces=False)
         if "\ufffd" not in want:  # a lone piece of a multi-byte character decodes to U+FFFD
             assert piece.decode() == want, i
@@ -287,7 +288,7 @@ def test_curriculum_and_length_window(tokenizer):
     assert late["total"].item() == pytest.approx(
         late["length"].item() * (1 + 0.5 * late["structure"].item() + 0.5 * late["content"].item())
     )
-    window = reward._length(torch.tensor([0, 32, 400, 768, 2000]))
+    window = reward.lexical._length(torch.tensor([0, 32, 400, 768, 2000]))
     assert window[1].item() == pytest.approx(0.5 * (1 - 1 / (1 + math.exp(10))), rel=1e-6)
     assert window[2] > 0.98 and window[0] < window[1] and window[4] < 0.01
 
