@@ -26,15 +26,16 @@ class Reply:
     delay: float = 0.0
 
 
-Script = Callable[[str, int], Reply]  # (request text, attempt number from 0) -> Reply
+Script = Callable[[str, str, int], Reply]  # (judge or rm, request text, attempt number from 0) -> Reply
+TAG = re.compile(r"\[(?:(judge|rm)-)?(score|fail|garbage|delay)\s*([-0-9.]*)\]")
 
 
-def scripted(text: str, attempt: int) -> Reply:
-    """The default script, driven by tags in the text: [score x] answers x; [fail k] answers
-    HTTP 500 to the first k attempts; [garbage] answers a malformed body; [slow s] waits s seconds;
-    [delay s] waits s seconds on every attempt before answering."""
-    tags = dict(re.findall(r"\[(score|fail|garbage|slow|delay)\s*([-0-9.]*)\]", text))
-    delay = float(tags.get("delay") or 0) + float(tags.get("slow") or 0)
+def scripted(kind: str, text: str, attempt: int) -> Reply:
+    """The default script, driven by tags in the text, for both services or, prefixed judge- or
+    rm-, for one: [score x] answers x (0.5 without one); [fail k] answers HTTP 500 to the first k
+    attempts; [garbage] answers a malformed body; [delay s] waits s seconds before answering."""
+    tags = {name: value for who, name, value in TAG.findall(text) if who in ("", kind)}
+    delay = float(tags.get("delay") or 0)
     if "fail" in tags and attempt < int(tags["fail"]):
         return Reply("internal error", status=500, delay=delay)
     if "garbage" in tags:
@@ -68,7 +69,8 @@ class RewardServer:
                 with server.lock:
                     attempt = server.attempts[key]
                     server.attempts[key] += 1
-                replies = [server.script(t, attempt) for t in texts]
+                kind = "judge" if self.path.endswith("/chat/completions") else "rm"
+                replies = [server.script(kind, t, attempt) for t in texts]
                 time.sleep(max(r.delay for r in replies))
                 worst = next((r for r in replies if r.status != 200 or isinstance(r.body, bytes)), None)
                 if worst is not None:

@@ -58,16 +58,18 @@ def assert_same(vec: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> 
         )
 
 
-def fuzz_check(tokenizer, config, fmt, n, seed, max_tokens, steps, extra=(0, 0, 1, 3)) -> dict[str, torch.Tensor]:
-    """Vectorized = reference on n fuzzed completions, in batches of 400 scored at steps[k] in turn."""
+def fuzz_check(
+    tokenizer, config, fmt, n, seed, max_tokens, steps, extra=(0, 0, 1, 3), batch=400
+) -> dict[str, torch.Tensor]:
+    """Vectorized = reference on n fuzzed completions, in batches scored at steps[k] in turn."""
     texts, index = fuzz.corpus(ITEMS, n, seed, fmt, extra=lambda rng: rng.choice(extra))
     reward = SIPReward(tokenizer, config, total_steps=TOTAL_STEPS, fmt=fmt)
     feats = reward.encode_items(ITEMS)
     rng = random.Random(seed)
     seen = []
-    for k, s in enumerate(range(0, n, 400)):
-        ids, mask = fuzz.tokenize_batch(tokenizer, texts[s : s + 400], rng, max_tokens)
-        index_t = torch.tensor(index[s : s + 400])
+    for k, s in enumerate(range(0, n, batch)):
+        ids, mask = fuzz.tokenize_batch(tokenizer, texts[s : s + batch], rng, max_tokens)
+        index_t = torch.tensor(index[s : s + batch])
         step = steps[k % len(steps)]
         vec = reward.score(ids, mask, feats, index_t, step)
         assert_same(vec, reference(tokenizer, ids, mask, ITEMS, index_t, step, config, fmt))
@@ -109,12 +111,14 @@ def test_other_markers_and_settings_match_reference(tokenizer):
 OTHER_MARKERS = SIPFormat(think_open="<reasoning>", think_close="</reasoning>", answer_open="«Ans»", answer_close="«/Ans»")
 
 
-@pytest.mark.parametrize("fmt, n", [(FMT, 800), (OTHER_MARKERS, 400)])
+@pytest.mark.parametrize("fmt, n", [(FMT, 810), (OTHER_MARKERS, 405)])
 def test_social_r1_formula_matches_reference(tokenizer, fmt, n):
     """Social-R1's formula (lexical S and C) on long, repetitive, cut and damaged traces, at steps
     before, inside and after the curriculum."""
     config = RewardConfig(formula="social-r1")
-    scores = fuzz_check(tokenizer, config, fmt, n, seed=5, max_tokens=1400, steps=[0, 120, 300], extra=(0, 1, 3, 8, 20))
+    scores = fuzz_check(
+        tokenizer, config, fmt, n, seed=5, max_tokens=1400, steps=[0, 120, 300], extra=(0, 1, 3, 8, 20), batch=n // 3
+    )
     assert set(scores) == set(SOCIAL_KEYS)
     for k in ("format", "accuracy"):
         assert 0.2 < scores[k].mean() < 0.9, k
@@ -354,45 +358,6 @@ def test_curriculum_and_length_window(tokenizer):
     window = reward.lexical._length(torch.tensor([0, 32, 400, 768, 2000]))
     assert window[1].item() == pytest.approx(0.5 * (1 - 1 / (1 + math.exp(10))), rel=1e-6)
     assert window[2] > 0.98 and window[0] < window[1] and window[4] < 0.01
-
-
-def test_content_model_scores_stage_segments(tokenizer, tmp_path):
-    from transformers import AutoModelForSequenceClassification, Qwen3Config
-
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    items = ITEMS[:6]
-    texts = [genuine(it) for it in items[:3]] + [
-        FMT.render([it.gold_stages[0], "", "", it.gold_stages[3]], it.answer_letter) for it in items[3:]
-    ]
-    args = (
-        [it.answer_letter for it in items],
-        [it.story for it in items],
-        100,
-        [it.question for it in items],
-        [it.options for it in items],
-    )
-    small = SIPReward(
-        tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=2), total_steps=100
-    ).score_texts(texts, *args)
-    large = SIPReward(
-        tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=64), total_steps=100
-    ).score_texts(texts, *args)
-    assert torch.allclose(small["content"], large["content"], atol=1e-5)
-    assert ((small["content"] > 0) & (small["content"] < 1)).all()
-    assert (small["content"][3:] <= 0.5).all()  # two of four stages empty: at most half
 
 
 def test_rejects_settings_it_cannot_score(tokenizer):

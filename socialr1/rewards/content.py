@@ -45,6 +45,8 @@ class RewardModel:
     @torch.no_grad()
     def __call__(self, texts: Sequence[str]) -> Tensor:
         """[n] float64 raw scores; inputs are batched by padded tokens (token_budget), longest first."""
+        if not texts:
+            return torch.zeros(0, dtype=torch.float64)
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.config.max_length)["input_ids"]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = torch.zeros(len(ids), dtype=torch.float64)
