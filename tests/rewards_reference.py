@@ -1,7 +1,7 @@
 """The rewards, defined per sample in plain Python: the specification that the vectorized
 `socialr1.rewards` must reproduce (tests compare the two on fuzzed corpora). Written on its own: it
-shares constants (socialr1.rewards.constants: word lists, hash constants) and the config with the
-vectorized code, never a function, so that a bug on one side cannot hide on both.
+shares constants (socialr1.rewards.constants: word lists, hash constants), the config and the
+per-item record type with the vectorized code, never a function, so that a bug on one side cannot hide on both.
 
 The text scored is the completion decoded with special tokens dropped (`<think>` kept; bytes of a
 character cut by truncation decode to U+FFFD). Conventions, chosen so that a byte-level tensor
@@ -26,6 +26,7 @@ from socialr1.rewards.config import RewardConfig, SocialR1Config
 from socialr1.rewards.constants import (
     CHAR_BASE, CHAR_CODE, HASH_MOD, MENTAL_WORDS, NGRAM_BASE, REASONING_WORDS, SENTENCE_END, STOPWORDS, WHITESPACE,
 )
+from socialr1.rewards.targets import ItemTargets  # the record only: its fields are computed here
 from socialr1.sip import SIPFormat
 
 WORD = re.compile("[" + re.escape("".join(CHAR_CODE)) + "]+")
@@ -72,19 +73,6 @@ def ngrams(ws: Sequence[Word], n: int) -> list[tuple[int, int, int]]:
     return [
         (ws[i].start, ws[i + n - 1].start, ngram_key([w.key for w in ws[i : i + n]])) for i in range(len(ws) - n + 1)
     ]
-
-
-@dataclass(frozen=True)
-class ItemTargets:
-    """What the reward checks a completion against, derived once per item."""
-
-    gold: int
-    n_options: int
-    grounded: frozenset[int]  # content words of story, question and options, and the lexicon
-    entities: tuple[int, ...]  # the story's characters and objects, to be covered by Cue Encoding
-    question: frozenset[int]  # to be covered by Goal Clarification
-    options: tuple[frozenset[int], ...]  # the chosen one to be covered by Response Generation
-    story_ngrams: frozenset[int]  # verbatim copies of these are penalised
 
 
 def content_set(text: str) -> frozenset[int]:

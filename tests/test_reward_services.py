@@ -238,3 +238,22 @@ def test_grpo_step_with_judge_and_reward_model(classifier, tmp_path, world):
         assert f"reward/{key}/mean" in metrics and f"reward/{key}/std" in metrics, key
     assert metrics["reward/format/mean"] == 1 and metrics["reward/structure/mean"] == pytest.approx((0.5 + 0 + 1) / 3)
     assert trainer.reward.judge_replies[0].endswith("<Score>0.5</Score>") and trainer.reward.judge_replies[1] == ""
+
+
+def test_presets_say_which_reward_they_run_and_fall_back(tokenizer, server):
+    from socialr1.config import parse
+
+    paper = parse(["socialr1-4b"]).reward
+    assert paper.formula_used == "social-r1" and not paper.external
+    assert "lexical scorers stand in" in paper.describe() and "formula social-r1" in paper.describe()
+    s = score(SIPReward(tokenizer, paper), [trace(think_of("", 900))])  # scores offline, at step 0
+    assert s["format"].item() == 1 and s["total"].item() > 0
+    wired = parse(["socialr1-8b", "--reward.judge.base-url", server.url + "/v1", "--reward.judge.model", "j",
+                   "--reward.rm.url", server.url + "/v1/score/evaluation"]).reward
+    assert (wired.structure_scorer, wired.content_scorer, wired.external) == ("judge", "endpoint", True)
+    assert "judge j at" in wired.describe() and "llamafactory scoring API" in wired.describe()
+    assert parse(["demo"]).reward.formula_used == "sip"
+    with pytest.raises(ValueError, match="--reward.rm.path"):
+        RewardConfig(content="model")
+    with pytest.raises(ValueError, match="--reward.judge.api-key-env NO_SUCH_VARIABLE_8"):
+        RewardConfig(judge=JudgeConfig(api_key_env="NO_SUCH_VARIABLE_8"))

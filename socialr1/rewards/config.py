@@ -53,7 +53,21 @@ class SocialR1Config:
 
 
 @dataclass
-class JudgeConfig:
+class ServiceConfig:
+    """How a scoring service is called."""
+
+    api_key_env: str | None = None
+    """NAME of the environment variable holding the API key (never the key itself); none: no key."""
+    concurrency: int = 64
+    """Requests in flight at once, per rank."""
+    timeout: float = 60.0
+    """Seconds one request may take."""
+    retries: int = 3
+    """Further attempts after a failed one (HTTP error, timeout, malformed reply or score)."""
+
+
+@dataclass
+class JudgeConfig(ServiceConfig):
     """An OpenAI-compatible chat-completions endpoint (vLLM, SGLang, TGI, Ollama, OpenAI) that
     scores the think text's structure; see socialr1/rewards/judge.py for the rubric."""
 
@@ -61,22 +75,14 @@ class JudgeConfig:
     """Endpoint root, e.g. http://127.0.0.1:8000/v1."""
     model: str | None = None
     """Model name the endpoint serves."""
-    api_key_env: str | None = None
-    """NAME of the environment variable holding the API key (never the key itself); none: no key."""
     temperature: float = 0.3
     """Sampling temperature of the judge."""
     max_tokens: int = 512
     """Reply length limit of the judge."""
-    concurrency: int = 64
-    """Requests in flight at once, per rank."""
-    timeout: float = 60.0
-    """Seconds one request may take."""
-    retries: int = 3
-    """Further attempts after a failed one (HTTP error, timeout, reply without a valid score)."""
 
 
 @dataclass
-class RewardModelConfig:
+class RewardModelConfig(ServiceConfig):
     """The content scorer: a Hugging Face sequence-classification reward model in-process
     (--reward.content model) or behind an HTTP scoring API (--reward.content endpoint). Its input
     is `socialr1.rewards.content.rm_input(story, question, think_text)`."""
@@ -99,16 +105,8 @@ class RewardModelConfig:
     """Request and reply format of the scoring API."""
     model: str = "reward-model"
     """Model name sent to the scoring API."""
-    api_key_env: str | None = None
-    """NAME of the environment variable holding the scoring API's key; none: no key."""
     batch_size: int = 16
     """Texts per request to the scoring API."""
-    concurrency: int = 16
-    """Requests in flight at once, per rank."""
-    timeout: float = 60.0
-    """Seconds one request may take."""
-    retries: int = 3
-    """Further attempts after a failed request."""
 
 
 @dataclass
