@@ -138,6 +138,13 @@ def test_question_only_items(tokenizer):
     assert s["format"].tolist() == [1] * 4 and s["accuracy"].tolist() == [1] * 4 and (s["content"] > 0).all()
 
 
+@pytest.mark.parametrize("formula, n_keys", [("sip", 6), ("social-r1", 12)])
+def test_empty_batch(tokenizer, formula, n_keys):
+    reward = SIPReward(tokenizer, RewardConfig(formula=formula))
+    s = reward.score(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3), reward.encode_items(ITEMS[:2]), torch.zeros(0, dtype=torch.long), 0)
+    assert len(s) == n_keys and all(v.shape == (0,) for v in s.values())
+
+
 def test_additive_total_by_hand(tokenizer):
     """The additive total of components known exactly: 0.5 format + 1 accuracy + tau (0.5 structure
     + 0.5 content) + 0.25 length, with length from the token count's window (no word repeats)."""

@@ -24,6 +24,9 @@ from socialr1.sip import SIPFormat
 
 __all__ = ["ItemFeatures", "JudgeConfig", "RewardConfig", "RewardModelConfig", "SIPReward", "SocialR1Config", "rm_input"]
 Tensor = torch.Tensor
+KEYS = ("total", "format", "accuracy", "structure", "content", "length")
+SOCIAL_R1_KEYS = ("tau", "adj", "lp", "rp", "w_s", "w_c")
+FAILURE_KEYS = ("judge_failed", "content_failed", "failed")
 
 
 class SIPReward:
@@ -48,6 +51,12 @@ class SIPReward:
 
     def describe(self) -> str:
         return self.config.describe()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The names of what `score` returns."""
+        extra = SOCIAL_R1_KEYS if self.config.formula_used == "social-r1" else ()
+        return KEYS + extra + (FAILURE_KEYS if self.config.external else ())
 
     def encode_items(self, items: Sequence[MCQItem]) -> ItemFeatures:
         return self.lexical.encode_items(items)
@@ -86,6 +95,8 @@ class SIPReward:
 
     def _score(self, ids: Tensor, mask: Tensor, feats: ItemFeatures, item_index: Tensor, step: int) -> dict[str, Tensor]:
         device = ids.device
+        if len(item_index) == 0:
+            return {k: torch.zeros(0, device=device) for k in self.keys}
         self.lexical.to_device(device)
         feats, items = feats.to(device), item_index.to(device)
         text = self.lexical.flatten(ids, mask)
