@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -27,6 +28,16 @@ Tensor = torch.Tensor
 KEYS = ("total", "format", "accuracy", "structure", "content", "length")
 SOCIAL_R1_KEYS = ("tau", "adj", "lp", "rp", "w_s", "w_c")
 FAILURE_KEYS = ("judge_failed", "content_failed", "failed")
+
+
+@dataclass
+class Reasoning:
+    """The rows of a batch that have a think text, with their items and texts (for the scorers
+    that read text)."""
+
+    rows: list[int]
+    items: list[MCQItem]
+    thinks: list[str]
 
 
 class SIPReward:
@@ -103,11 +114,9 @@ class SIPReward:
         marks = self.lexical.markers(text)
         parts = self.lexical.parts(text, marks, mask, feats, items)
         think = social_r1.think_text(self.lexical, text, marks)
-        thinks = _decode(text, think.start, think.end)
-        rows = [i for i, t in enumerate(thinks) if t]  # rows with reasoning to score
-        row_items = [feats.items[i] for i in items[rows].tolist()]
-        structure, judge_failed = self._structure(parts, rows, row_items, [thinks[i] for i in rows], step)
-        content, content_ok, content_failed = self._content(parts, text, rows, row_items, [thinks[i] for i in rows], feats, items)
+        reasoning = self._reasoning(text, think, feats, items) if self.config.external else None
+        structure, judge_failed = self._structure(parts, reasoning, step)
+        content, content_ok, content_failed = self._content(parts, text, reasoning, feats, items)
         if self.config.formula_used == "sip":
             out = {
                 "format": parts.format, "accuracy": parts.accuracy, "structure": structure,
@@ -126,51 +135,51 @@ class SIPReward:
                        failed=(judge_failed | content_failed).double())
         return out
 
-    def _structure(
-        self, parts: Parts, rows: list[int], items: list[MCQItem], thinks: list[str], step: int
-    ) -> tuple[Tensor, Tensor]:
+    @staticmethod
+    def _reasoning(text, think: social_r1.Think, feats: ItemFeatures, items: Tensor) -> Reasoning:
+        thinks = _decode(text, think.start, think.end)
+        rows = [i for i, t in enumerate(thinks) if t]  # rows without reasoning score 0 without a request
+        return Reasoning(rows, [feats.items[i] for i in items[rows].tolist()], [thinks[i] for i in rows])
+
+    def _structure(self, parts: Parts, reasoning: Reasoning | None, step: int) -> tuple[Tensor, Tensor]:
         """[B] structure score S in [0, 1] (0 where it failed) and [B] whether the judge failed."""
         B, device = len(parts.structure), parts.structure.device
-        failed = torch.zeros(B, dtype=torch.bool, device=device)
+        failed = torch.zeros(B, dtype=torch.bool)
         self.judge_replies = [""] * B
         if self.judge is None:
-            return parts.structure, failed
+            return parts.structure, failed.to(device)
         scores = torch.zeros(B, dtype=torch.float64)
-        for r, result in zip(rows, self.judge.score(step, items, thinks)):
+        for r, result in zip(reasoning.rows, self.judge.score(step, reasoning.items, reasoning.thinks)):
             if result is None:
                 failed[r] = True
             else:
                 scores[r], self.judge_replies[r] = result
-        return scores.to(device), failed
+        return scores.to(device), failed.to(device)
 
     def _content(
-        self, parts: Parts, text, rows: list[int], items: list[MCQItem], thinks: list[str], feats: ItemFeatures,
-        index: Tensor,
+        self, parts: Parts, text, reasoning: Reasoning | None, feats: ItemFeatures, items: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """[B] content score on the formula's scale, [B] whether it counts, [B] whether it failed.
-        Scores in [0, 1] (lexical, per-stage model) go to the raw reward-model scale under
-        social-r1 by lexical_content_range; raw scores go to [0, 1] under sip by a sigmoid."""
+        A [0, 1] score (lexical, per-stage model) goes onto the raw reward-model scale under
+        social-r1 by lexical_content_range; a raw score goes into [0, 1] under sip by a sigmoid."""
         B, device = len(parts.content), parts.content.device
-        ok, failed = torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
-        if self.reward_model is not None and self.config.rm.per_stage:
-            bounded = self._stage_scores(parts, text, feats, index)
-        elif self.reward_model is None and self.scoring_api is None:
-            bounded = parts.content
+        ok, failed = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
+        if self.config.content_scorer == "lexical" or self.config.rm.per_stage:
+            unit = parts.content if self.config.content_scorer == "lexical" else self._stage_scores(parts, text, feats, items)
+            if self.config.formula_used == "social-r1":
+                lo, hi = self.config.social_r1.lexical_content_range
+                unit = lo + (hi - lo) * unit
+            return unit, ~ok.to(device), failed.to(device)
+        inputs = [rm_input(it.story, it.question, t) for it, t in zip(reasoning.items, reasoning.thinks)]
+        if self.reward_model is not None:
+            raw, got = self.reward_model(inputs), torch.ones(len(inputs), dtype=torch.bool)
         else:
-            inputs = [rm_input(it.story, it.question, t) for it, t in zip(items, thinks)]
-            if self.reward_model is not None:
-                raw, got = self.reward_model(inputs), torch.ones(len(inputs), dtype=torch.bool)
-            else:
-                raw, got = self.scoring_api(inputs)
-            scores, ok = torch.zeros(B, dtype=torch.float64), torch.zeros(B, dtype=torch.bool)
-            scores[rows], ok[rows], failed[rows] = raw, got, ~got
-            if self.config.formula_used == "sip":
-                scores = torch.sigmoid(scores)
-            return scores.to(device), ok.to(device), failed.to(device)
-        if self.config.formula_used == "social-r1":
-            lo, hi = self.config.social_r1.lexical_content_range
-            bounded = lo + (hi - lo) * bounded
-        return bounded, ok.to(device), failed.to(device)
+            raw, got = self.scoring_api(inputs)
+        scores = torch.zeros(B, dtype=torch.float64)
+        scores[reasoning.rows], ok[reasoning.rows], failed[reasoning.rows] = raw, got, ~got
+        if self.config.formula_used == "sip":
+            scores = torch.sigmoid(scores)
+        return scores.to(device), ok.to(device), failed.to(device)
 
     def _stage_scores(self, parts: Parts, text, feats: ItemFeatures, index: Tensor) -> Tensor:
         """[B] mean over the four stages of P(good) from the reward model of each good stage's text

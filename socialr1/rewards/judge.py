@@ -72,7 +72,7 @@ class Judge:
         prompts = [judge_prompt(it, t, self.fmt) for it, t in zip(items, thinks)]
         keys = [hashlib.sha256(p.encode()).hexdigest() for p in prompts]  # the prompt holds item and think text
         todo = {k: p for k, p in zip(keys, prompts) if k not in self._cache}
-        for k, result in zip(todo, asyncio.run(self._ask(list(todo.values())))):
+        for k, result in zip(todo, asyncio.run(self._ask(list(todo.values()))) if todo else []):
             if result is not None:
                 self._cache[k] = result
         return [self._cache.get(k) for k in keys]
