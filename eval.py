@@ -1,14 +1,21 @@
-"""Evaluate a model on social-reasoning multiple-choice items: accuracy and format rate, overall
-and per ability, one greedy SIP completion per item.
+"""Evaluate a model on social-reasoning benchmarks in their native formats and their authors'
+protocols, and write Social-R1's results table.
 
-    python eval.py --model runs/demo/final                     # ToMBench beside the checkout
+    python eval.py --model ./Qwen3-4B --suite social-r1 --compare      # the paper's eight benchmarks
+    python eval.py --model runs/demo/final --benchmarks hitom tombench --mode cot --thinking off
     python eval.py --model ./Qwen3-4B --data my_items.jsonl --fields.answer answer
-    torchrun --nproc_per_node 8 eval.py --model runs/socialr1-4b/final   # items split over GPUs
+    python eval.py --suite social-r1 --inspect --output counts.json    # load and count, no model
+    torchrun --nproc_per_node 8 eval.py --model ./SocialR1-4B --suite social-r1   # items split over GPUs
+
+Writes results.json, results.md and predictions.jsonl to --output (a folder, or a results .json
+file with the other two beside it) and prints the table.
 """
 
 import json
 import sys
-from dataclasses import dataclass, field
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -16,68 +23,151 @@ import torch
 import tyro
 
 from socialr1 import distributed as D
+from socialr1 import evalsets
 from socialr1.config import ModelConfig
-from socialr1.data import DataError, FieldMap, load_items
-from socialr1.evaluate import evaluate
+from socialr1.data import DataError, load_items
+from socialr1.evalsets import report
+from socialr1.evalsets.protocol import Aggregate, expand, score
+from socialr1.evaluate import complete
 from socialr1.models import ModelLoadError, load_pretrained, stop_token_ids
-from socialr1.prompts import encode_prompts
-from socialr1.rewards import RewardConfig, SIPReward
+from socialr1.prompts import PromptMode, encode_prompts
 from socialr1.sip import SIPFormat
-
-TOMBENCH = Path(__file__).resolve().parent.parent / "shared" / "data" / "tombench"
 
 
 @dataclass
-class EvalConfig:
-    model: str
-    """Checkpoint directory (e.g. runs/demo/final), local model folder, or hub name."""
-    data: str = str(TOMBENCH)
-    """MCQ items: a JSONL/JSON/CSV/Parquet file, a folder of them, or a hub dataset name."""
+class EvalConfig(evalsets.Sources):
+    model: str | None = None
+    """Checkpoint directory (e.g. runs/demo/final), local model folder, or hub name (not needed
+    with --inspect)."""
+    suite: Literal["social-r1"] | None = None
+    """Every benchmark of Social-R1's results table found (missing ones are listed as missing)."""
+    benchmarks: tuple[str, ...] = ()
+    """Benchmarks by name (tombench, tombench-hard, socialiqa, simpletom, emobench, motivebench, hitom,
+    tactfultom, bigtom, opentom); `name:N` asks a fixed seeded subset of N items."""
+    data: str | None = None
+    """Any other MCQ items: a JSONL/JSON/CSV/Parquet file, a folder of them, or a hub dataset name,
+    read with --fields.*. With no --suite, --benchmarks or --data: tombench."""
     split: str = "test"
     """Split to load when `data` is a hub dataset."""
-    fields: FieldMap = field(default_factory=FieldMap)
-    """Which fields hold story, question, options, answer and ability (defaults: ToMBench)."""
+    mode: PromptMode = "sip"
+    """Prompt: sip (our training prompt), card (the SocialR1 model card's instruction), cot (reason,
+    then a final 'Answer: X' line), direct (the letter only). All through the chat template."""
+    thinking: Literal["on", "off"] = "on"
+    """Qwen3's enable_thinking switch of the chat template."""
+    shuffles: int | None = None
+    """Ask every item under K option orders (seeded); default: each benchmark's official protocol
+    (tombench 5 + majority, motivebench its 6 fixed orders + mean, others 1)."""
+    aggregate: Aggregate | None = None
+    """Combine an item's answers over its orders: mean accuracy, or a majority vote; default: the
+    benchmark's official choice."""
     limit: int | None = None
-    """Evaluate only the first N items."""
+    """Ask only the first N items of each benchmark."""
     batch_size: int = 16
-    """Items decoded together on each rank."""
+    """Prompts decoded together on each rank."""
     max_new_tokens: int = 1024
     """Completion length limit."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when available."""
-    output: str | None = None
-    """Also write the results as JSON to this path."""
+    output: str = "runs/eval"
+    """A folder for results.json, results.md and predictions.jsonl, or a .json path for the results
+    (the other two beside it); with --inspect, the JSON file of counts."""
+    inspect: bool = False
+    """Load every benchmark, print and write item and option counts, and stop (no model)."""
+    compare: bool = False
+    """Add the paper's reported Overall rows to the table."""
     sip: SIPFormat = field(default_factory=SIPFormat)
     """Markers of the SIP format (must match what the model was trained with)."""
 
 
-def main(cfg: EvalConfig) -> dict[str, float]:
+def load_benchmarks(cfg: EvalConfig) -> tuple[list[evalsets.Benchmark], dict[str, str]]:
+    """The benchmarks asked for, and {name: why} for those of the suite that are not here."""
+    if cfg.shuffles is not None and cfg.shuffles < 1:
+        raise DataError(f"--shuffles must be at least 1, got {cfg.shuffles}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise DataError(f"--limit must be at least 1, got {cfg.limit}")
+    names = list(evalsets.SUITES[cfg.suite]) if cfg.suite else []
+    names += [b for b in cfg.benchmarks if b not in names]
+    if not names and not cfg.data:
+        names = ["tombench"]
+    benches, missing = [], {}
+    for name in names:
+        try:
+            benches.append(evalsets.load(name, cfg))
+        except evalsets.Missing as e:
+            if name not in cfg.benchmarks:
+                missing[name] = str(e)
+                continue
+            raise
+    if cfg.data:
+        benches.append(evalsets.Benchmark(Path(cfg.data).stem or cfg.data, load_items(cfg.data, cfg.fields, cfg.split)))
+    for b in benches:
+        b.items = b.items[: cfg.limit]
+    return benches, missing
+
+
+def inspect(cfg: EvalConfig, benches: list[evalsets.Benchmark], missing: dict[str, str]) -> dict:
+    out = {"benchmarks": {b.name: {"items": len(b.items), "options": dict(sorted(Counter(len(i.options) for i in b.items).items()))}
+                          for b in benches}, "missing": missing}
+    for b in benches:
+        print(f"{b.name}: {len(b.items)} items, options {out['benchmarks'][b.name]['options']}  ({b.note})")
+        for cat, n in sorted(Counter(i.ability for i in b.items).items()):
+            if cat:
+                print(f"    {cat}: {n}")
+    for name, why in missing.items():
+        print(f"{name}: missing ({why[:120]})")
+    if cfg.output != EvalConfig.output:
+        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.output).write_text(json.dumps(out, indent=2, ensure_ascii=False))
+    return out
+
+
+def main(cfg: EvalConfig) -> dict:
+    benches, missing = load_benchmarks(cfg)  # bad input stops here, before a model is loaded
+    if cfg.inspect:
+        return inspect(cfg, benches, missing)
+    if cfg.model is None:
+        raise DataError("--model is required (except with --inspect)")
     world = D.init_world(cfg.device)
     try:
         lm, tokenizer = load_pretrained(ModelConfig(name_or_path=cfg.model), world.device)
         lm.to(world.device, torch.bfloat16 if world.device.type == "cuda" else torch.float32).eval()
-        items = load_items(cfg.data, cfg.fields, cfg.split, cfg.limit)
-        reward = SIPReward(tokenizer, RewardConfig(), total_steps=1, fmt=cfg.sip)
-        result = evaluate(
-            lm, world.device, items, encode_prompts(tokenizer, items, cfg.sip), reward,
-            reward.encode_items(items), cfg.batch_size, cfg.max_new_tokens, tokenizer.pad_token_id,
-            stop_token_ids(tokenizer), show_progress=world.is_main,
-        )
+        results: dict = {"model": cfg.model, "mode": cfg.mode, "thinking": cfg.thinking, "benchmarks": {}}
+        predictions = []
+        for bench in benches:
+            count = cfg.shuffles or bench.protocol.orders
+            asks = expand(bench, count, cfg.seed)
+            prompts = encode_prompts(tokenizer, [a.shown for a in asks], cfg.sip, cfg.mode, cfg.thinking == "on")
+            start = time.perf_counter()
+            texts, lengths = complete(lm, tokenizer, world.device, prompts, cfg.batch_size, cfg.max_new_tokens,
+                                      stop_token_ids(tokenizer), show_progress=world.is_main)
+            seconds = time.perf_counter() - start
+            aggregate = cfg.aggregate or (bench.protocol.aggregate if count == bench.protocol.orders else "mean")
+            summary, records = score(bench, asks, texts, lengths, aggregate, cfg.mode, cfg.sip)
+            summary["items_per_s"] = len(bench.items) / max(seconds, 1e-9)
+            results["benchmarks"][bench.name] = summary
+            prompt_texts = tokenizer.batch_decode(prompts)
+            predictions += [{**r, "prompt": p} for r, p in zip(records, prompt_texts)]
+        results["overall"] = report.overall(results["benchmarks"])
+        results["missing"] = missing
+        if cfg.compare:
+            results["compare"] = {"source": report.PAPER_SOURCE, "overall": report.PAPER_OVERALL}
+        results["settings"] = {k: v for k, v in asdict(cfg).items() if k != "sip"}
         if world.is_main:
-            print(table(result))
-            if cfg.output:
-                Path(cfg.output).write_text(json.dumps(result, indent=2, ensure_ascii=False))
-        return result
+            print(report.table(results))
+            write(cfg.output, results, predictions)
+        return results
     finally:
         D.close_world()
 
 
-def table(result: dict[str, float]) -> str:
-    rows = [(k.removeprefix("accuracy/"), v) for k, v in result.items() if k.startswith("accuracy/")]
-    width = max([len(name) for name, _ in rows] + [len("overall")])
-    lines = [f"{'ability':<{width}}  accuracy"] + [f"{name:<{width}}  {v:8.3f}" for name, v in rows]
-    lines.append(f"{'overall':<{width}}  {result['accuracy']:8.3f}   (format {result['format']:.3f}, n={int(result['n'])})")
-    return "\n".join(lines)
+def write(output: str, results: dict, predictions: list[dict]) -> None:
+    path = Path(output)
+    folder, name = (path.parent, path.name) if path.suffix == ".json" else (path, "results.json")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(results, indent=2, ensure_ascii=False))
+    (folder / "results.md").write_text(report.markdown(results))
+    with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
 
 
 if __name__ == "__main__":

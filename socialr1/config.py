@@ -53,8 +53,9 @@ class DataConfig:
     synthetic: int = 0
     """If > 0, train on this many generated false-belief items instead of reading `path`."""
     eval_path: str | None = None
-    """Items to evaluate on every `eval_every` steps (same formats as `path`); none: no eval,
-    unless `eval_synthetic` is set."""
+    """Items to evaluate on every `eval_every` steps: same formats as `path`, or a benchmark name
+    (`tombench`, `hitom:200` for a fixed seeded subset of 200; see eval.py); none: no eval, unless
+    `eval_synthetic` is set."""
     eval_synthetic: int = 0
     """If > 0 and no `eval_path`, evaluate on this many generated items unseen in training."""
     eval_limit: int | None = None

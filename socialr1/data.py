@@ -49,31 +49,37 @@ def load_items(
     'file:row' with rows counted from 1."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    items: list[MCQItem] = []
+    for label, table in load_tables(source, split):
+        items += table_items(table, fields, label)
+        if limit is not None and len(items) >= limit:
+            return items[:limit]
+    return items
+
+
+def load_tables(source: str, split: str = "train") -> list[tuple[str, datasets.Dataset]]:
+    """(label, table) of a Hub dataset, a local file, or every supported file of a folder (sorted)."""
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in BUILDERS)
         if not files:
             raise DataError(f"{path}: no {'/'.join(BUILDERS)} files in this folder")
-        tables = ((f"{path.name}/{f.name}", _load_file(f, f"{path.name}/{f.name}")) for f in files)
-    elif path.is_file():
-        tables = iter([(path.name, _load_file(path, path.name))])
-    elif path.suffix in BUILDERS or source.startswith((".", "/", "~")):
+        return [(f"{path.name}/{f.name}", _load_file(f, f"{path.name}/{f.name}")) for f in files]
+    if path.is_file():
+        return [(path.name, _load_file(path, path.name))]
+    if path.suffix in BUILDERS or source.startswith((".", "/", "~")):
         raise DataError(f"{source}: no such file or folder")
-    else:
-        tables = iter([(f"{source}[{split}]", _load_hub(source, split))])
-    items: list[MCQItem] = []
-    for label, table in tables:
-        list_options = fields.options in table.column_names
-        if not list_options and f"{fields.options}A" not in table.column_names:
-            raise DataError(
-                f"{label}: no field {fields.options!r} (list of options) "
-                f"nor {fields.options + 'A'!r} (one field per option); set the option field"
-            )
-        for row, record in enumerate(table, start=1):
-            items.append(_item(record, fields, list_options, f"{label}:{row}"))
-            if len(items) == limit:
-                return items
-    return items
+    return [(f"{source}[{split}]", load_hub(source, split))]
+
+
+def table_items(table: datasets.Dataset, fields: FieldMap, label: str) -> list[MCQItem]:
+    list_options = fields.options in table.column_names
+    if not list_options and f"{fields.options}A" not in table.column_names:
+        raise DataError(
+            f"{label}: no field {fields.options!r} (list of options) "
+            f"nor {fields.options + 'A'!r} (one field per option); set the option field"
+        )
+    return [_item(record, fields, list_options, f"{label}:{row}") for row, record in enumerate(table, start=1)]
 
 
 def _load_file(path: Path, label: str) -> datasets.Dataset:
@@ -85,12 +91,12 @@ def _load_file(path: Path, label: str) -> datasets.Dataset:
         raise DataError(f"{label}: could not be read as {BUILDERS[path.suffix]}: {e}") from e
 
 
-def _load_hub(name: str, split: str) -> datasets.Dataset:
+def load_hub(name: str, split: str, config: str | None = None) -> datasets.Dataset:
     reason = hub_unavailable()
     if reason:
         raise DataError(_hub_help(name, split, reason))
     try:
-        return datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, config, split=split)
     except Exception as e:  # not found, offline, gated, bad split: the same advice for each
         raise DataError(_hub_help(name, split, f"{type(e).__name__}: {e}")) from e
 

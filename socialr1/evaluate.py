@@ -1,16 +1,67 @@
-"""MCQ evaluation: one greedy completion per item, scored by the same reward code as training
-(accuracy and format), overall and per ability. Items are split over ranks; counts are summed."""
+"""Greedy decoding of evaluation prompts on every rank, through the same rollout path as training:
+prompts sorted by length (similar lengths share a batch, the longest run first), split across ranks.
+`evaluate` scores items with the training reward (periodic eval in the trainer); `complete` returns
+the texts for benchmark scoring (eval.py)."""
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from socialr1.items import MCQItem
 from socialr1.rewards import SIPReward
-from socialr1.rollout import sample
+from socialr1.rollout import Rollout, sample
+
+
+def generate(
+    model: nn.Module,
+    device: torch.device,
+    prompts: Sequence[list[int]],
+    batch_size: int,
+    max_new_tokens: int,
+    pad_id: int,
+    stop_ids: Sequence[int],
+    show_progress: bool = False,
+) -> Iterator[tuple[list[int], Rollout]]:
+    """This rank's share of the prompts, in batches: (prompt indices, their greedy completions)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    by_length = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    mine = by_length[rank::world]
+    starts = range(0, len(mine), batch_size)
+    for start in tqdm(starts, desc="eval", disable=not show_progress, dynamic_ncols=True):
+        rows = mine[start : start + batch_size]
+        yield rows, sample(
+            model, device, [prompts[r] for r in rows], rows, num_samples=1,
+            max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, top_k=0,
+            pad_id=pad_id, stop_ids=stop_ids,
+        )
+
+
+@torch.no_grad()
+def complete(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+    prompts: Sequence[list[int]],
+    batch_size: int,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    show_progress: bool = False,
+) -> tuple[list[str], list[int]]:
+    """Greedy completion text (special tokens dropped) and token count of every prompt, in prompt
+    order, on every rank."""
+    mine: dict[int, tuple[str, int]] = {}
+    for rows, rollout in generate(model, device, prompts, batch_size, max_new_tokens,
+                                  tokenizer.pad_token_id, stop_ids, show_progress):
+        texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
+        mine.update(zip(rows, zip(texts, rollout.completion_mask.sum(1).tolist())))
+    parts: list[dict[int, tuple[str, int]]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(parts, mine)
+    done = {k: v for part in parts for k, v in part.items()}
+    return [done[i][0] for i in range(len(prompts))], [done[i][1] for i in range(len(prompts))]
 
 
 @torch.no_grad()
@@ -29,18 +80,9 @@ def evaluate(
 ) -> dict[str, float]:
     """model: anything with a HF-style `generate`; features: reward.encode_items(items). Returns accuracy, format, and per-ability
     accuracy as {"accuracy": .., "format": .., "n": .., "accuracy/<ability>": ..}."""
-    rank, world = dist.get_rank(), dist.get_world_size()
     abilities = sorted({it.ability for it in items})
     counts = torch.zeros(len(abilities), 3, dtype=torch.float64)  # n, correct, well-formed
-    mine = list(range(rank, len(items), world))
-    starts = range(0, len(mine), batch_size)
-    for start in tqdm(starts, desc="eval", disable=not show_progress, dynamic_ncols=True):
-        rows = mine[start : start + batch_size]
-        rollout = sample(
-            model, device, [prompts[r] for r in rows], rows, num_samples=1,
-            max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, top_k=0,
-            pad_id=pad_id, stop_ids=stop_ids,
-        )
+    for rows, rollout in generate(model, device, prompts, batch_size, max_new_tokens, pad_id, stop_ids, show_progress):
         scores = reward.score(
             rollout.completion_ids, rollout.completion_mask, features, rollout.item_index, step=0
         )

@@ -1,7 +1,9 @@
-"""Item -> chat prompt. The instruction is SocialR1's model-card prompt (reason inside think tags,
-answer inside Answer tags) extended with the four SIP stages, all taken from `SIPFormat`."""
+"""Item -> chat prompt. The training instruction (`sip`) is SocialR1's model-card prompt (reason
+inside think tags, answer inside Answer tags) extended with the four SIP stages, all taken from
+`SIPFormat`. Evaluation can also ask with the card's instruction alone (`card`), for a reasoned
+answer on a final `Answer: X` line (`cot`), or for the letter only (`direct`)."""
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -24,22 +26,51 @@ def instruction(fmt: SIPFormat) -> str:
     )
 
 
-def user_message(item: MCQItem, fmt: SIPFormat) -> str:
+PromptMode = Literal["sip", "card", "cot", "direct"]
+
+# The user instruction of the Jincenzi/SocialR1-4B and -8B model cards (Hugging Face, README "Usage"),
+# verbatim, including its missing space after "answer.".
+CARD = (
+    "You should first think about the reasoning process in the mind and then provide with the answer."
+    "The reasoning process and answer are enclosed within <think> </think> and <Answer> </Answer> tags, "
+    "respectively."
+)
+COT = (
+    "Think step by step about what each person in the story perceives, knows, believes, feels and "
+    "wants, then end your reply with a last line of the form 'Answer: X', where X is the letter of "
+    "the correct option."
+)
+DIRECT = "Reply with only the letter of the correct option, nothing else."
+
+
+def mode_instruction(mode: PromptMode, fmt: SIPFormat) -> str:
+    return {"sip": instruction(fmt), "card": CARD, "cot": COT, "direct": DIRECT}[mode]
+
+
+def user_message(item: MCQItem, fmt: SIPFormat, mode: PromptMode = "sip") -> str:
     options = "\n".join(f"{letter}. {text}" for letter, text in zip(item.letters, item.options))
-    return (
-        f"{instruction(fmt)}\n\nStory: {item.story}\nQuestion: {item.question}\n"
-        f"Options:\n{options}"
+    story = f"Story: {item.story}\n" if item.story else ""
+    return f"{mode_instruction(mode, fmt)}\n\n{story}Question: {item.question}\nOptions:\n{options}"
+
+
+def prompt_text(
+    tokenizer: PreTrainedTokenizerBase, item: MCQItem, fmt: SIPFormat, mode: PromptMode = "sip", thinking: bool = True
+) -> str:
+    """The chat template's text; `thinking` is Qwen3's `enable_thinking` (off: the template writes an
+    empty think block, so the model answers at once). Templates without the switch ignore it."""
+    messages = [{"role": "user", "content": user_message(item, fmt, mode)}]
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
     )
 
 
-def prompt_text(tokenizer: PreTrainedTokenizerBase, item: MCQItem, fmt: SIPFormat) -> str:
-    messages = [{"role": "user", "content": user_message(item, fmt)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, items: Sequence[MCQItem], fmt: SIPFormat
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[MCQItem],
+    fmt: SIPFormat,
+    mode: PromptMode = "sip",
+    thinking: bool = True,
 ) -> list[list[int]]:
     """Token ids of every item's prompt, computed once when the data loads."""
-    texts = [prompt_text(tokenizer, item, fmt) for item in items]
+    texts = [prompt_text(tokenizer, item, fmt, mode, thinking) for item in items]
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []

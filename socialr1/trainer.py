@@ -15,6 +15,7 @@ import torch.distributed as dist
 from transformers import PreTrainedModel
 
 from socialr1 import distributed as D
+from socialr1 import evalsets
 from socialr1.checkpoint import load_train_state, save_checkpoint
 from socialr1.config import ConfigError, OptimConfig, TrainConfig
 from socialr1.data import load_items
@@ -114,7 +115,7 @@ class Trainer:
         d = self.cfg.data
         train = generate_items(d.synthetic, seed=self.cfg.seed) if d.synthetic else load_items(d.path, d.fields, d.split)
         if d.eval_path:
-            evals = load_items(d.eval_path, d.fields)
+            evals = evalsets.eval_items(d.eval_path, d.fields)
         elif d.eval_synthetic:
             seen = {(it.story, it.question) for it in train}
             fresh = generate_items(2 * d.eval_synthetic, seed=self.cfg.seed + EVAL_SEED_OFFSET)
