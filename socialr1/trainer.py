@@ -2,6 +2,7 @@
 group-relative advantages -> old/reference log-probs -> clipped-surrogate update with k3 KL."""
 
 import copy
+import dataclasses
 import functools
 import gc
 import math
@@ -79,7 +80,10 @@ class Trainer:
         self.reward = SIPReward(self.tokenizer, cfg.reward, total_steps=cfg.steps, fmt=cfg.sip, device=self.world.device)
         self.log.print(self.reward.describe())
         self.features = self.reward.encode_items(self.items).to(self.world.device)
-        self.eval_features = self.reward.encode_items(self.eval_items).to(self.world.device) if self.eval_items else None
+        # Eval reads only format and accuracy: the same formula, without calls to a judge or reward model.
+        offline = dataclasses.replace(cfg.reward, structure="lexical", content="lexical")
+        self.eval_reward = SIPReward(self.tokenizer, offline, total_steps=cfg.steps, fmt=cfg.sip)
+        self.eval_features = self.eval_reward.encode_items(self.eval_items).to(self.world.device) if self.eval_items else None
         self.ref = self._shard(copy.deepcopy(lm), trainable=False) if cfg.grpo.beta != 0 else None
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -278,7 +282,7 @@ class Trainer:
         self.policy.eval()
         with D.gathered(self.policy):
             result = evaluate(
-                self.policy, self.world.device, self.eval_items, self.eval_prompts, self.reward,
+                self.policy, self.world.device, self.eval_items, self.eval_prompts, self.eval_reward,
                 self.eval_features, r.prompts_per_step * r.group_size // self.world.size,
                 r.max_new_tokens, self.pad_id, self.stop_ids,
             )

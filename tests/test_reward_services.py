@@ -211,6 +211,7 @@ def test_grpo_step_with_judge_and_reward_model(classifier, tmp_path, world):
             "--output-dir", str(tmp_path / "run"), "--reward.formula", "social-r1", "--reward.structure", "judge",
             "--reward.content", "model", "--reward.judge.base-url", server.url + "/v1", "--reward.judge.model", "judge",
             "--reward.judge.timeout", "2", "--reward.judge.retries", "1", "--reward.rm.path", classifier,
+            "--data.eval-synthetic", "4", "--rollout.max-new-tokens", "8",
         ])
         trainer = Trainer(cfg)
 
@@ -231,6 +232,8 @@ def test_grpo_step_with_judge_and_reward_model(classifier, tmp_path, world):
         trainer.rollout = rollout
         trainer.log.start(0)
         metrics = trainer.step(0)
+        asked = server.requests
+        assert trainer.run_eval(1)["n"] == 4 and server.requests == asked  # eval reads format and accuracy only
         trainer.log.close()
     assert metrics["reward/judge_failures"] == 2 and metrics["reward/content_failures"] == 0
     assert metrics["reward/failed/mean"] == pytest.approx(1 / 3) and math.isfinite(metrics["loss"])
