@@ -29,7 +29,7 @@ from socialr1.data import DataError, load_items
 from socialr1.evalsets import report
 from socialr1.evalsets.protocol import Aggregate, expand, score
 from socialr1.evaluate import complete
-from socialr1.models import ModelLoadError, load_pretrained, stop_token_ids
+from socialr1.models import ModelLoadError, attn_implementation, load_pretrained, stop_token_ids
 from socialr1.prompts import PromptMode, encode_prompts
 from socialr1.sip import SIPFormat
 
@@ -129,7 +129,10 @@ def main(cfg: EvalConfig) -> dict:
         raise DataError("--model is required (except with --inspect)")
     world = D.init_world(cfg.device)
     try:
-        lm, tokenizer = load_pretrained(ModelConfig(name_or_path=cfg.model), world.device)
+        # Eval only decodes: the decoding attention kernel; ranks load one at a time (host memory).
+        attn = attn_implementation("auto", world.device, "decode")
+        model = ModelConfig(name_or_path=cfg.model, attn_implementation=attn)
+        lm, tokenizer = D.in_turn(lambda: load_pretrained(model, world.device))
         lm.to(world.device, torch.bfloat16 if world.device.type == "cuda" else torch.float32).eval()
         results: dict = {"model": cfg.model, "mode": cfg.mode, "thinking": cfg.thinking, "benchmarks": {}}
         predictions = []
@@ -157,7 +160,7 @@ def main(cfg: EvalConfig) -> dict:
             write(cfg.output, results, predictions)
         return results
     finally:
-        D.close_world()
+        D.close_world(world)
 
 
 def write(output: str, results: dict, predictions: list[dict]) -> None:

@@ -4,27 +4,49 @@
     torchrun --nproc_per_node 8 train.py socialr1-4b  # the paper's recipe on 8 GPUs
     torchrun --nproc_per_node 8 train.py              # the same: socialr1-4b is the default preset
     python train.py socialr1-4b --help                # every setting, with its default
+
+SIGTERM or Ctrl-C stops after the current step with a resumable checkpoint (Ctrl-C twice: at once);
+`--resume auto` continues from the newest complete checkpoint.
 """
 
+import shlex
 import sys
+from typing import Sequence
 
-from socialr1.config import ConfigError, TrainConfig, parse
+from socialr1.config import ConfigError, parse
 from socialr1.data import DataError
 from socialr1.models import ModelLoadError
-from socialr1.trainer import Trainer
+from socialr1.trainer import RunStopped, Trainer
 
 
-def main(cfg: TrainConfig) -> None:
-    trainer = Trainer(cfg)
+def resume_command(script: str, argv: Sequence[str], world_size: int) -> str:
+    """The command line that continues this run: the same flags, with --resume auto."""
+    args, skip = [], False
+    for a in argv:
+        if skip or a == "--overwrite" or a.startswith("--resume="):
+            skip = False
+            continue
+        skip = a == "--resume"
+        if not skip:
+            args.append(a)
+    launcher = ["torchrun", "--nproc_per_node", str(world_size)] if world_size > 1 else ["python"]
+    return shlex.join([*launcher, script, *args, "--resume", "auto"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Every bad input ends here as one line and exit status 1, with no traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        trainer.train()
-    finally:
-        trainer.close()
+        trainer = Trainer(parse(argv, description=__doc__))
+        try:
+            finished = trainer.train()
+        finally:
+            trainer.close()
+    except (ConfigError, DataError, ModelLoadError, RunStopped) as e:
+        sys.exit(f"error: {e}")
+    if not finished and trainer.world.is_main:
+        print(f"to resume: {resume_command(sys.argv[0], argv, trainer.world.size)}", flush=True)
 
 
 if __name__ == "__main__":
-    cfg = parse(description=__doc__)
-    try:
-        main(cfg)
-    except (ConfigError, DataError, ModelLoadError) as e:
-        sys.exit(f"error: {e}")
+    main()

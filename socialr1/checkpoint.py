@@ -4,7 +4,9 @@ to resume from (`train_state/`: sharded model and optimizer via torch.distribute
 scheduler, step, and each rank's RNG). Written under a temporary name and renamed, so a crash never
 leaves a half-written directory under the final name."""
 
+import copy
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -12,16 +14,17 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_state_dict,
 )
 from transformers import PreTrainedTokenizerBase
 
+from socialr1.config import ConfigError
 from socialr1.policy import Policy
 
 TRAIN_STATE = "train_state"
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")  # temporary directories start with a dot: never matched
 
 
 def save_checkpoint(
@@ -31,31 +34,55 @@ def save_checkpoint(
     dtype: torch.dtype,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    step: int = 0,
+    meta: dict | None = None,
 ) -> None:
-    """Collective: every rank calls it. Rank 0 writes the full weights; with an optimizer, every
-    rank also writes its shards of the training state."""
+    """Collective: every rank calls it. The weights are written in `dtype`; with an optimizer,
+    every rank also writes its shards of the training state, and rank 0 the trainer's `meta` (the
+    step first of all) with the scheduler."""
     rank = dist.get_rank()
     tmp = directory.with_name(f".{directory.name}.partial")  # the same path on every rank
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Every rank writes its own shards as safetensors and rank 0 joins them file to file: the full
+    # model is never gathered into one process's memory (benchmarks/RESULTS.md: export memory).
+    # Tied weights (embedding = LM head) are one parameter under two names: named_parameters lists it once.
+    unique = {name for name, _ in (*policy.named_parameters(), *policy.named_buffers())}
+    weights = {k.removeprefix("lm."): v.to(dtype) for k, v in get_model_state_dict(policy).items() if k in unique}
+    dcp.save(weights, storage_writer=dcp.HuggingFaceStorageWriter(str(tmp), save_distributed=True, enable_consolidation=True))
+    del weights
     if rank == 0:
-        policy.lm.save_pretrained(tmp, state_dict={k.removeprefix("lm."): v.to(dtype) for k, v in full.items()})
+        shutil.rmtree(tmp / "sharded")  # the per-rank files, now consolidated
+        config = copy.deepcopy(policy.lm.config)
+        config.dtype = dtype  # the dtype the weights are saved in, not the float32 master weights'
+        config.save_pretrained(tmp)
+        if policy.lm.generation_config is not None:
+            policy.lm.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     if optimizer is not None and scheduler is not None:
         model_state, optim_state = get_state_dict(policy, optimizer)
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / TRAIN_STATE)
         torch.save(_rng_state(), tmp / TRAIN_STATE / f"rng-rank{rank}.pt")
         if rank == 0:
-            meta = {"step": step, "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size()}
-            torch.save(meta, tmp / TRAIN_STATE / "trainer.pt")
+            state = {**(meta or {}), "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size()}
+            torch.save(state, tmp / TRAIN_STATE / "trainer.pt")
     dist.barrier()
     if rank == 0:
         _swap_in(tmp, directory)
     dist.barrier()
+
+
+def read_train_meta(directory: Path) -> dict:
+    """The trainer's meta of a resumable checkpoint (cheap: no tensors of the model)."""
+    state = directory / TRAIN_STATE / "trainer.pt"
+    if not state.is_file():
+        what = "no such directory" if not directory.is_dir() else f"no {TRAIN_STATE}/ (training state) in it"
+        raise ConfigError(
+            f"--resume {directory}: {what}; only checkpoint-N directories written during training "
+            "(see --save-every) can be resumed, or pass --resume auto"
+        )
+    return torch.load(state, weights_only=False)
 
 
 def load_train_state(
@@ -63,15 +90,10 @@ def load_train_state(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> int:
-    """Restore what save_checkpoint wrote; returns the number of steps already done."""
+) -> dict:
+    """Restore what save_checkpoint wrote; returns the trainer's meta."""
     state_dir = directory / TRAIN_STATE
-    if not (state_dir / "trainer.pt").is_file():
-        raise FileNotFoundError(
-            f"{directory}: no {TRAIN_STATE}/ to resume from; only checkpoints written during training "
-            "(checkpoint-N, see --save-every) hold the optimizer state"
-        )
-    meta = torch.load(state_dir / "trainer.pt")
+    meta = read_train_meta(directory)
     model_state, optim_state = get_state_dict(policy, optimizer)
     dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=state_dir)
     set_state_dict(policy, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
@@ -80,7 +102,26 @@ def load_train_state(
     rng = state_dir / f"rng-rank{dist.get_rank()}.pt"
     if meta["world_size"] == dist.get_world_size() and rng.is_file():
         _set_rng_state(torch.load(rng))
-    return meta["step"]
+    return meta
+
+
+def resumable_checkpoints(output_dir: Path) -> list[Path]:
+    """The complete checkpoint-N directories that hold training state, oldest first."""
+    if not output_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_RE.fullmatch(p.name))]
+    return [p for _, p in sorted(found) if (p / TRAIN_STATE / "trainer.pt").is_file()]
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = resumable_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(output_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoint-N directories (final/ is not one)."""
+    for old in resumable_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(old)
 
 
 def _rng_state() -> dict[str, torch.Tensor]:

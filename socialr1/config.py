@@ -14,8 +14,14 @@ from socialr1.rewards import RewardConfig
 from socialr1.sip import SIPFormat
 
 
-class ConfigError(ValueError):
-    """Settings that cannot work together; the message names the flags."""
+class ConfigError(Exception):
+    """Settings that cannot work; the message names the flags. Not a ValueError on purpose: tyro
+    turns those raised in `__post_init__` into a multi-line box, train.py prints this one line."""
+
+
+def _require(ok: bool, flag: str, value: object, need: str) -> None:
+    if not ok:
+        raise ConfigError(f"{flag} {value}: must be {need}")
 
 
 @dataclass
@@ -37,9 +43,23 @@ class ModelConfig:
     """Compute dtype: auto is bfloat16 on CUDA (FSDP mixed precision over float32 master weights)
     and float32 on CPU."""
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    """Attention kernel: auto is flash_attention_2 when flash-attn is importable on CUDA, else sdpa."""
+    """Attention kernel for training and log-probs: auto is flash_attention_2 when flash-attn
+    imports on CUDA, else sdpa."""
+    decode_attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    """Attention kernel for rollouts and eval: auto is sdpa (transformers' flash-attn path syncs
+    with the host twice per layer per token under a static cache; benchmarks/gpu_check.py
+    measures both)."""
+    random_init: bool = False
+    """Build the model from name-or-path's config.json with random weights, loading only the config
+    and tokenizer (benchmarks at real shapes without the weights, e.g. benchmarks/gpu_check.py)."""
     activation_checkpointing: bool = True
     """Recompute decoder-layer activations in the backward pass (less memory, ~30% more compute)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tiny_hidden_size", "tiny_layers", "tiny_heads", "tiny_vocab_size"):
+            _require(getattr(self, name) >= 1, f"--model.{name.replace('_', '-')}", getattr(self, name), "at least 1")
+        _require(self.tiny_hidden_size % self.tiny_heads == 0, "--model.tiny-hidden-size", self.tiny_hidden_size,
+                 f"a multiple of --model.tiny-heads {self.tiny_heads}")
 
 
 @dataclass
@@ -63,6 +83,12 @@ class DataConfig:
     max_prompt_tokens: int = 1024
     """Items whose prompt is longer are skipped (with a count in the log)."""
 
+    def __post_init__(self) -> None:
+        _require(self.synthetic >= 0, "--data.synthetic", self.synthetic, "at least 0")
+        _require(self.eval_synthetic >= 0, "--data.eval-synthetic", self.eval_synthetic, "at least 0")
+        _require(self.eval_limit is None or self.eval_limit >= 1, "--data.eval-limit", self.eval_limit, "at least 1")
+        _require(self.max_prompt_tokens >= 1, "--data.max-prompt-tokens", self.max_prompt_tokens, "at least 1")
+
 
 @dataclass
 class RolloutConfig:
@@ -78,6 +104,16 @@ class RolloutConfig:
     """Nucleus sampling threshold (1.0: off)."""
     top_k: int = 0
     """Sample from the k most likely tokens only (0: off)."""
+
+    def __post_init__(self) -> None:
+        _require(self.prompts_per_step >= 1, "--rollout.prompts-per-step", self.prompts_per_step, "at least 1")
+        _require(self.group_size >= 2, "--rollout.group-size", self.group_size,
+                 "at least 2 (advantages compare the samples of a group)")
+        _require(self.max_new_tokens >= 1, "--rollout.max-new-tokens", self.max_new_tokens, "at least 1")
+        _require(self.temperature > 0, "--rollout.temperature", self.temperature,
+                 "above 0 (training samples; the loss divides the logits by it)")
+        _require(0 < self.top_p <= 1, "--rollout.top-p", self.top_p, "in (0, 1]")
+        _require(self.top_k >= 0, "--rollout.top-k", self.top_k, "at least 0 (0: off)")
 
 
 @dataclass
@@ -98,6 +134,13 @@ class GRPOConfig:
     micro_batch_size: int = 8
     """Completions per forward/backward on one rank; gradients accumulate over micro-batches."""
 
+    def __post_init__(self) -> None:
+        _require(self.beta >= 0, "--grpo.beta", self.beta, "at least 0")
+        _require(0 <= self.eps_low < 1, "--grpo.eps-low", self.eps_low, "in [0, 1)")
+        _require(0 <= self.eps_high < 1, "--grpo.eps-high", self.eps_high, "in [0, 1)")
+        _require(self.num_iterations >= 1, "--grpo.num-iterations", self.num_iterations, "at least 1")
+        _require(self.micro_batch_size >= 1, "--grpo.micro-batch-size", self.micro_batch_size, "at least 1")
+
 
 @dataclass
 class OptimConfig:
@@ -114,6 +157,13 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0: no clipping)."""
 
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "--optim.lr", self.lr, "above 0")
+        _require(self.warmup_steps >= 0, "--optim.warmup-steps", self.warmup_steps, "at least 0")
+        _require(self.weight_decay >= 0, "--optim.weight-decay", self.weight_decay, "at least 0")
+        _require(all(0 <= b < 1 for b in self.betas), "--optim.betas", self.betas, "in [0, 1) each")
+        _require(self.grad_clip >= 0, "--optim.grad-clip", self.grad_clip, "at least 0 (0: off)")
+
 
 @dataclass
 class WarmStartConfig:
@@ -124,6 +174,11 @@ class WarmStartConfig:
     """Learning rate of the warm start."""
     batch_size: int = 16
     """Items per warm-start step."""
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 0, "--warmstart.steps", self.steps, "at least 0")
+        _require(self.lr > 0, "--warmstart.lr", self.lr, "above 0")
+        _require(self.batch_size >= 1, "--warmstart.batch-size", self.batch_size, "at least 1")
 
 
 @dataclass
@@ -157,7 +212,25 @@ class TrainConfig:
     events and checkpoints (without it, such a run stops before touching anything)."""
     resume: str | None = None
     """A checkpoint-N directory of an earlier run with the same settings: model, optimizer,
-    scheduler, data order and sampling continue from step N."""
+    scheduler, data order and sampling continue from step N. auto: the newest complete checkpoint-N
+    in --output-dir, or a fresh start when there is none."""
+    keep_last: int = 0
+    """Keep only the newest K checkpoint-N directories (0: keep all; final/ is never deleted)."""
+    max_skipped_steps: int = 10
+    """Stop the run after this many consecutive skipped steps (non-finite loss or grad norm, or too
+    many failed reward-service calls)."""
+    max_reward_failure_rate: float = 0.1
+    """Skip the step when more than this fraction of the step's completions could not be scored by
+    an external reward service (a judge or reward-model endpoint)."""
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "--steps", self.steps, "at least 1")
+        _require(self.log_every >= 1, "--log-every", self.log_every, "at least 1")
+        for name in ("sample_every", "save_every", "eval_every", "keep_last"):
+            _require(getattr(self, name) >= 0, f"--{name.replace('_', '-')}", getattr(self, name), "at least 0")
+        _require(self.max_skipped_steps >= 1, "--max-skipped-steps", self.max_skipped_steps, "at least 1")
+        _require(0 <= self.max_reward_failure_rate <= 1, "--max-reward-failure-rate", self.max_reward_failure_rate,
+                 "in [0, 1]")
 
 
 def _demo() -> TrainConfig:

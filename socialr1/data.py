@@ -54,6 +54,8 @@ def load_items(
         items += table_items(table, fields, label)
         if limit is not None and len(items) >= limit:
             return items[:limit]
+    if not items:
+        raise DataError(f"{source}: no items in it")
     return items
 
 
@@ -85,6 +87,8 @@ def table_items(table: datasets.Dataset, fields: FieldMap, label: str) -> list[M
 def _load_file(path: Path, label: str) -> datasets.Dataset:
     if path.suffix not in BUILDERS:
         raise DataError(f"{label}: unsupported file type; use one of {', '.join(BUILDERS)}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{label}: empty file")
     try:
         return datasets.load_dataset(BUILDERS[path.suffix], data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types; the user needs the file, not the stack

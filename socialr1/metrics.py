@@ -19,12 +19,15 @@ class RunLog:
         self.bar: tqdm | None = None
 
     def start(self, initial_step: int) -> None:
-        """Open the event files (appending to a resumed run's) and the bar at `initial_step`."""
+        """Open the event files and the bar at `initial_step`. A resumed run's files keep only the
+        steps before it: those after its checkpoint are written again, once."""
         if not self.enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.output_dir / "tb"))
-        self.jsonl = (self.output_dir / "metrics.jsonl").open("a")
+        self.writer = SummaryWriter(str(self.output_dir / "tb"), purge_step=initial_step or None)
+        path = self.output_dir / "metrics.jsonl"
+        path.write_text(_rows_before(path, initial_step) if path.exists() else "")
+        self.jsonl = path.open("a")
         self.bar = tqdm(total=self.total_steps, initial=initial_step, desc="grpo", unit="step", dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
@@ -55,6 +58,19 @@ class RunLog:
             self.bar.close()
             self.writer.close()
             self.jsonl.close()
+
+
+def _rows_before(path: Path, step: int) -> str:
+    """The lines of a metrics.jsonl for steps before `step`, less a last line cut short by a kill."""
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["step"] < step:
+            kept.append(line)
+    return "".join(kept)
 
 
 def mean_std(prefix: str, values: torch.Tensor) -> dict[str, float]:

@@ -1,12 +1,12 @@
 """Model and tokenizer: loaded with `from_pretrained` (hub name or local path), or the offline
 tiny Qwen3 built here from the training data."""
 
-import importlib.util
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import tiny
 from socialr1.config import ModelConfig
@@ -17,26 +17,64 @@ class ModelLoadError(RuntimeError):
     pass
 
 
-def attn_implementation(cfg: ModelConfig, device: torch.device) -> str:
-    if cfg.attn_implementation != "auto":
-        return cfg.attn_implementation
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+def flash_attn_error() -> str | None:
+    """Why flash-attn cannot run here, or None. A real import, not `find_spec`: a wheel built
+    against another torch is found, then fails to load its CUDA extension."""
+    try:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func  # noqa: F401
+    except Exception as e:  # ImportError, or OSError / RuntimeError from the extension
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    return None
+
+
+def attn_implementation(choice: str, device: torch.device, phase: str) -> str:
+    """Resolve --model.attn-implementation (phase "train") or --model.decode-attn-implementation
+    (phase "decode"). auto: flash-attn for training when it imports on CUDA, SDPA for decoding."""
+    if choice == "flash_attention_2" and (reason := flash_attn_error()):
+        flag = "--model.attn-implementation" if phase == "train" else "--model.decode-attn-implementation"
+        raise ModelLoadError(f"{flag} flash_attention_2: flash_attn does not import ({reason})")
+    if choice != "auto":
+        return choice
+    if phase == "train" and device.type == "cuda" and flash_attn_error() is None:
         return "flash_attention_2"
     return "sdpa"
 
 
+@contextmanager
+def attention(lm: PreTrainedModel, implementation: str) -> Iterator[None]:
+    """Run the block with another attention kernel (e.g. SDPA to decode, flash-attn to train)."""
+    before = lm.config._attn_implementation
+    lm.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        lm.set_attn_implementation(before)
+
+
 def load_pretrained(
-    cfg: ModelConfig, device: torch.device
+    cfg: ModelConfig, device: torch.device, seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Master weights in float32 (FSDP casts to the compute dtype for forward/backward)."""
+    """Master weights in float32 (FSDP casts to the compute dtype for forward/backward). With
+    --model.random-init only the config and tokenizer are read, and the weights are random
+    (seeded, so every rank builds the same model), initialised on `device`."""
     reason = None if Path(cfg.name_or_path).exists() else hub_unavailable()
     if reason:
         raise ModelLoadError(_advice(cfg.name_or_path, reason))
+    attn = attn_implementation(cfg.attn_implementation, device, "train")
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path)
-        lm = AutoModelForCausalLM.from_pretrained(
-            cfg.name_or_path, dtype=torch.float32, attn_implementation=attn_implementation(cfg, device)
-        )
+        if not tokenizer.chat_template:
+            raise ModelLoadError(
+                f"--model.name-or-path {cfg.name_or_path}: the tokenizer has no chat template; prompts are chats "
+                "(use the instruct / chat variant of the model, or add a chat_template to its tokenizer_config.json)"
+            )
+        if cfg.random_init:
+            config = AutoConfig.from_pretrained(cfg.name_or_path)
+            torch.manual_seed(seed)
+            with torch.device(device):
+                lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.float32, attn_implementation=attn)
     except OSError as e:
         raise ModelLoadError(_advice(cfg.name_or_path, str(e))) from e
     tokenizer.padding_side = "left"
@@ -46,7 +84,7 @@ def load_pretrained(
 def _advice(name: str, reason: str) -> str:
     local = name.rstrip("/").split("/")[-1]
     return (
-        f"could not load model {name!r}: {reason}.\n"
+        f"could not load model {name!r}: {reason}. "
         "Without the Hugging Face hub, download it on a machine that has access "
         f"(hf download {name} --local-dir {local}), copy the folder here and pass its path: "
         f"--model.name-or-path ./{local}"

@@ -74,3 +74,15 @@ def encode_prompts(
     """Token ids of every item's prompt, computed once when the data loads."""
     texts = [prompt_text(tokenizer, item, fmt, mode, thinking) for item in items]
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def prefilled(tokenizer: PreTrainedTokenizerBase, fmt: SIPFormat) -> str:
+    """The part of the completion that the chat template's generation prompt already writes: from
+    an opening think tag on (e.g. "<think>\n", as Qwen3 Thinking-2507 and R1-distilled templates
+    do), '' when the template leaves the think block to the model. The reward scores completions
+    as continuing it, as the model sees them."""
+    messages = [{"role": "user", "content": "?"}]
+    bare = tokenizer.apply_chat_template(messages, tokenize=False)
+    generation = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    opened = generation.removeprefix(bare).rpartition(fmt.think_open)
+    return opened[1] + opened[2] if opened[1] and fmt.think_close not in opened[2] else ""

@@ -74,8 +74,13 @@ def sample(
     top_k: int,
     pad_id: int,
     stop_ids: Sequence[int],
+    compile: bool = False,
 ) -> Rollout:
-    """num_samples completions per prompt from `model.generate`; greedy when temperature == 0."""
+    """num_samples completions per prompt from `model.generate`; greedy when temperature == 0.
+    compile: let HF compile the decoding step. Off by default: HF would compile on its own on CUDA
+    with a static cache, and under FSDP2 every decoder layer's hooks break the graph, the weights
+    gathered anew each rollout re-record the CUDA graphs, and flash-attn's growing 2D mask makes a
+    new graph per token."""
     prompt_ids, prompt_mask = pad_left(prompts, pad_id)
     prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0).to(device)
     prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0).to(device)
@@ -94,6 +99,7 @@ def sample(
         # Weights are all-gathered for the whole rollout (distributed.gathered), so ranks decode
         # independently; HF would otherwise keep every rank stepping until the slowest finishes.
         synced_gpus=False,
+        disable_compile=not compile,
         **sampling,
     )
     completion_ids = out[:, prompt_ids.shape[1] :]

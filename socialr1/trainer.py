@@ -1,32 +1,37 @@
 """The GRPO loop. Per step: sample prompts -> roll out G completions each -> SIP rewards ->
 group-relative advantages -> old/reference log-probs -> clipped-surrogate update with k3 KL."""
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import gc
 import math
+import os
 import random
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import distributed as D
 from socialr1 import evalsets
-from socialr1.checkpoint import load_train_state, save_checkpoint
+from socialr1.checkpoint import latest_checkpoint, load_train_state, prune_checkpoints, read_train_meta, save_checkpoint
 from socialr1.config import ConfigError, OptimConfig, TrainConfig
 from socialr1.data import load_items
 from socialr1.evaluate import evaluate
 from socialr1.grpo import group_advantages, microbatch_weight, zero_std_fraction
 from socialr1.items import MCQItem
 from socialr1.metrics import RunLog, mean_std
-from socialr1.models import build_tiny, load_pretrained, stop_token_ids
+from socialr1.models import attention, attn_implementation, build_tiny, load_pretrained, stop_token_ids
 from socialr1.policy import LossSettings, Policy
-from socialr1.prompts import encode_prompts, user_message
+from socialr1.preflight import check_inputs
+from socialr1.prompts import encode_prompts, prefilled, user_message
 from socialr1.rewards import SIPReward
 from socialr1.rollout import Rollout, sample
 from socialr1.synthetic import generate_items
@@ -51,43 +56,75 @@ def lr_lambda(cfg: OptimConfig, total_steps: int):
     return f
 
 
+class RunStopped(Exception):
+    """The run cannot go on (e.g. too many skipped steps); the message says why and what to resume from."""
+
+
+# Flags whose change gives other parameter shapes, so a checkpoint of one run cannot resume another.
+SHAPE_FLAGS = ("model.name_or_path", "model.tiny", "model.tiny_hidden_size", "model.tiny_layers", "model.tiny_heads",
+               "model.tiny_vocab_size")
+TINY_VOCAB_FLAGS = ("data.synthetic", "data.path", "seed")  # the tiny tokenizer is trained on the data
+
+
 class Trainer:
+    """`__init__` only wires things together; `setup()` (called by `train()`) does the expensive
+    work: data, model, warm start, sharding, resume."""
+
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.world = D.init_world(cfg.device)
         self.out = Path(cfg.output_dir)
-        self.replace_earlier_run = self._check_output_dir()
         self.log = RunLog(self.out, cfg.steps, enabled=self.world.is_main)
         on_cuda = self.world.device.type == "cuda"
         self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and on_cuda) else torch.float32
+        self.policy = self.ref = self.opt = self.sched = None
+        self.start_step = self.skipped_total = self.skipped_in_a_row = 0
+        self.last_checkpoint: Path | None = None
+        self.stop_signals: list[int] = []  # signals received; the ranks agree on stopping after each step
+        self.ready = False
+
+    def setup(self) -> None:
+        """Cheap checks of every input first, then load, warm start, shard and resume. Idempotent."""
+        if self.ready:
+            return
+        cfg = self.cfg
         if cfg.rollout.prompts_per_step % self.world.size:
             raise ConfigError(f"--rollout.prompts-per-step {cfg.rollout.prompts_per_step} must divide by the {self.world.size} ranks")
+        check_inputs(cfg)
+        resume = self._resume_dir()
+        meta = read_train_meta(resume) if resume else None
+        if meta:
+            self._check_same_shapes(meta["config"])
+        self.replace_earlier_run = self._check_output_dir()
 
         self.items, self.eval_items = self._load_data()
-        lm, self.tokenizer = self._load_model()
-        lm.to(self.world.device)
+        lm, self.tokenizer = D.in_turn(self._load_model)
+        self.decode_attn = attn_implementation(cfg.model.decode_attn_implementation, self.world.device, "decode")
         self.pad_id = self.tokenizer.pad_token_id
         self.stop_ids = stop_token_ids(self.tokenizer)
+        self.prefill = prefilled(self.tokenizer, cfg.sip)
         self.items, self.prompts = self._encode(self.items, "training")
         self.eval_items, self.eval_prompts = self._encode(self.eval_items, "eval")
         if not self.items:
             raise ConfigError(f"no training item fits in --data.max-prompt-tokens {cfg.data.max_prompt_tokens}")
-        if cfg.warmstart.steps:
-            targets = gold_completions(self.tokenizer, self.items, cfg.sip)
+        if cfg.warmstart.steps and not meta:
+            targets = gold_completions(self.tokenizer, self.items, cfg.sip, self.prefill)
             losses = warm_start(lm, self.prompts, targets, self.pad_id, cfg.warmstart, cfg.seed, self.world.is_main)
             self.log.print(f"warm start: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps")
 
-        self.reward = SIPReward(self.tokenizer, cfg.reward, total_steps=cfg.steps, fmt=cfg.sip, device=self.world.device)
+        self.reward = SIPReward(
+            self.tokenizer, cfg.reward, total_steps=cfg.steps, fmt=cfg.sip, prefix=self.prefill, device=self.world.device
+        )
         self.log.print(self.reward.describe())
         self.features = self.reward.encode_items(self.items).to(self.world.device)
         # Eval reads only format and accuracy: the same formula, without calls to a judge or reward model.
         offline = dataclasses.replace(cfg.reward, structure="lexical", content="lexical")
-        self.eval_reward = SIPReward(self.tokenizer, offline, total_steps=cfg.steps, fmt=cfg.sip)
+        self.eval_reward = SIPReward(self.tokenizer, offline, total_steps=cfg.steps, fmt=cfg.sip, prefix=self.prefill)
         self.eval_features = self.eval_reward.encode_items(self.eval_items).to(self.world.device) if self.eval_items else None
-        self.ref = self._shard(copy.deepcopy(lm), trainable=False) if cfg.grpo.beta != 0 else None
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.policy = self._shard(lm, trainable=True)
+        self.policy = self._shard(lm)
+        self.ref = self._frozen_copy(self.policy) if cfg.grpo.beta != 0 else None
         self.opt = torch.optim.AdamW(
             self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
         )
@@ -99,7 +136,9 @@ class Trainer:
         )
         # Sampling differs per rank; everything above (model init, warm start) is identical.
         torch.manual_seed(cfg.seed * 1_000 + self.world.rank)
-        self.start_step = self._resume(Path(cfg.resume)) if cfg.resume else 0
+        if resume:
+            self._resume(resume)
+        self.ready = True
 
     # ---- setup -------------------------------------------------------------------------------
     def _check_output_dir(self) -> bool:
@@ -110,10 +149,32 @@ class Trainer:
             return False
         if not self.cfg.overwrite:
             raise ConfigError(
-                f"{self.out} already holds a run; pass another --output-dir, --resume {self.out}/checkpoint-N "
+                f"{self.out} already holds a run; pass another --output-dir, --resume auto "
                 "to continue it, or --overwrite to delete it and start over"
             )
         return True
+
+    def _resume_dir(self) -> Path | None:
+        if self.cfg.resume != "auto":
+            return Path(self.cfg.resume) if self.cfg.resume else None
+        found = latest_checkpoint(self.out)
+        self.log.print(f"--resume auto: resuming from {found}" if found else f"--resume auto: no complete checkpoint in {self.out}, starting fresh")
+        return found
+
+    def _check_same_shapes(self, saved: dict) -> None:
+        """Name the flags whose change makes the checkpoint's tensors another shape."""
+        now = dataclasses.asdict(self.cfg)
+        flags = SHAPE_FLAGS + (TINY_VOCAB_FLAGS if self.cfg.model.tiny else ())
+
+        def value(cfg: dict, flag: str) -> object:
+            for key in flag.split("."):
+                cfg = cfg[key]
+            return cfg
+
+        differ = [f for f in flags if value(now, f) != value(saved, f)]
+        if differ:
+            listed = ", ".join(f"--{f.replace('_', '-')} {value(saved, f)!r} (now {value(now, f)!r})" for f in differ)
+            raise ConfigError(f"--resume {self.cfg.resume}: the checkpoint was trained with other shapes: {listed}")
 
     def _load_data(self) -> tuple[list[MCQItem], list[MCQItem]]:
         d = self.cfg.data
@@ -128,13 +189,15 @@ class Trainer:
             evals = []
         return train, evals[: d.eval_limit]
 
-    def _load_model(self):
+    def _load_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         m = self.cfg.model
         if not m.tiny:
-            return load_pretrained(m, self.world.device)
+            lm, tokenizer = load_pretrained(m, self.world.device, self.cfg.seed)
+            return lm.to(self.world.device), tokenizer
         corpus = [user_message(it, self.cfg.sip) for it in self.items]
         corpus += [self.cfg.sip.render(it.gold_stages, it.answer_letter) for it in self.items if it.gold_stages]
-        return build_tiny(m, corpus, self.cfg.seed)
+        lm, tokenizer = build_tiny(m, corpus, self.cfg.seed)
+        return lm.to(self.world.device), tokenizer
 
     def _encode(self, items: list[MCQItem], what: str) -> tuple[list[MCQItem], list[list[int]]]:
         """Tokenise prompts once; drop (and report) items whose prompt is too long."""
@@ -144,11 +207,22 @@ class Trainer:
             self.log.print(f"{what}: skipped {len(items) - len(keep)} of {len(items)} items longer than --data.max-prompt-tokens")
         return [items[i] for i in keep], [prompts[i] for i in keep]
 
-    def _shard(self, lm: PreTrainedModel, trainable: bool) -> Policy:
-        lm.requires_grad_(trainable)
+    @property
+    def _param_dtype(self) -> torch.dtype | None:
+        return self.dtype if self.dtype != torch.float32 else None
+
+    def _shard(self, lm: PreTrainedModel) -> Policy:
         policy = Policy(lm)
-        D.shard(policy, lm.model.layers, self.dtype if self.dtype != torch.float32 else None, Policy.FORWARD_METHODS)
+        D.shard(policy, lm.model.layers, self._param_dtype, Policy.FORWARD_METHODS)
         return policy
+
+    def _frozen_copy(self, policy: Policy) -> Policy:
+        """The reference model: the policy's weights, built shard by shard (no full copy)."""
+        config = copy.deepcopy(policy.lm.config)
+        return D.sharded_copy(
+            policy, lambda: Policy(type(policy.lm)(config)), lambda p: p.lm.model.layers, self._param_dtype,
+            Policy.FORWARD_METHODS,
+        )
 
     # ---- one step ----------------------------------------------------------------------------
     def prompt_indices(self, step: int) -> list[int]:
@@ -169,7 +243,7 @@ class Trainer:
         r = self.cfg.rollout
         index = self.prompt_indices(step)
         self.policy.eval()
-        with D.gathered(self.policy):
+        with D.gathered(self.policy), attention(self.policy.lm, self.decode_attn):
             return sample(
                 self.policy, self.world.device, [self.prompts[i] for i in index], index,
                 r.group_size, r.max_new_tokens, r.temperature, r.top_p, r.top_k, self.pad_id, self.stop_ids,
@@ -199,8 +273,10 @@ class Trainer:
         global_seqs = len(batch) * self.world.size
         starts = range(0, len(batch), m)
         sums = torch.zeros(6, dtype=torch.float64)  # loss, kl, low, high, region, entropy (token-weighted)
+        skipped = 0
         for _ in range(g.num_iterations):
             self.opt.zero_grad(set_to_none=True)
+            local_loss = torch.zeros((), device=self.world.device)
             for start in starts:
                 part = batch.rows(start, start + m)
                 width = part.completion_ids.shape[1]
@@ -213,20 +289,32 @@ class Trainer:
                 tokens = int(part.completion_mask.sum())
                 w = microbatch_weight(g.loss_type, len(part), tokens, global_seqs, global_tokens, len(starts), self.world.size)
                 (loss * w).backward()
+                local_loss += loss.detach() * w
                 sums += torch.tensor(
                     [loss.item() * w / self.world.size]
                     + [float(stats[k]) * tokens for k in ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio", "entropy")],
                     dtype=torch.float64,
                 )
             grad_norm = self._clip()
-            self.opt.step()
+            skipped += self._guarded_step(local_loss, grad_norm)
             self.sched.step()
         sums = D.all_reduce_sum(sums) / g.num_iterations
         names = ("kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "entropy")
-        out = {"loss": sums[0].item(), "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0],
+        out = {"loss": sums[0].item(), "grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0], "skipped": skipped,
                "time/logprobs_s": t1 - t0, "time/update_s": time.perf_counter() - t1}
         out.update({k: (v / max(global_tokens, 1)).item() for k, v in zip(names, sums[1:])})
         return out
+
+    def _guarded_step(self, local_loss: torch.Tensor, grad_norm: float) -> int:
+        """Collective: the optimizer steps unless some rank's loss or the global grad norm is not
+        finite; then every rank skips it (weights and optimizer state unchanged). Returns 1 if skipped."""
+        finite = torch.isfinite(local_loss).float().cpu() * math.isfinite(grad_norm)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item():
+            self.opt.step()
+            return 0
+        self.opt.zero_grad(set_to_none=True)
+        return 1
 
     def _clip(self) -> float:
         params = [p for p in self.policy.parameters() if p.grad is not None]
@@ -239,17 +327,33 @@ class Trainer:
         t1 = time.perf_counter()
         scores = self.reward.score(batch.completion_ids, batch.completion_mask, self.features, batch.item_index, step)
         scores = {k: D.all_gather_cat(v.float()) for k, v in scores.items()}  # [N_global]
+        failed = scores.pop("failed", None)  # [N_global] 1 where an external reward service failed
         adv = group_advantages(scores["total"], self.cfg.rollout.group_size, self.cfg.grpo.scale_rewards)
         t2 = time.perf_counter()
         n = len(batch)
-        metrics = self.update(batch, adv[self.world.rank * n : (self.world.rank + 1) * n].to(self.world.device))
+        if failed is not None and failed.mean().item() > self.cfg.max_reward_failure_rate:
+            metrics, reason = {}, f"reward services failed on more than --max-reward-failure-rate {self.cfg.max_reward_failure_rate}"
+        else:
+            metrics = self.update(batch, adv[self.world.rank * n : (self.world.rank + 1) * n].to(self.world.device))
+            reason = "non-finite loss or grad norm" if metrics.pop("skipped") else None
+        self._count_skip(reason)
+        metrics["train/skipped_steps"] = self.skipped_total
+        if failed is not None:
+            metrics["reward/failed_frac"] = failed.mean().item()
         t3 = time.perf_counter()
         metrics.update(self._rollout_metrics(batch, scores))
         metrics.update({"time/generation_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": t3 - t0})
         metrics["throughput/tokens_per_s"] = metrics["completion/tokens"] / (t3 - t0)
+        if self.world.device.type == "cuda":
+            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if self.cfg.sample_every and step % self.cfg.sample_every == 0:
             self._log_samples(step, batch, scores)
         return metrics
+
+    def _count_skip(self, reason: str | None) -> None:
+        self.skipped_total += reason is not None
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if reason else 0
+        self.skip_reason = reason
 
     def _rollout_metrics(self, batch: Rollout, scores: dict[str, torch.Tensor]) -> dict[str, float]:
         lengths = D.all_gather_cat(batch.completion_mask.sum(1).float())
@@ -280,7 +384,7 @@ class Trainer:
     def run_eval(self, step: int) -> dict[str, float]:
         r = self.cfg.rollout
         self.policy.eval()
-        with D.gathered(self.policy):
+        with D.gathered(self.policy), attention(self.policy.lm, self.decode_attn):
             result = evaluate(
                 self.policy, self.world.device, self.eval_items, self.eval_prompts, self.eval_reward,
                 self.eval_features, r.prompts_per_step * r.group_size // self.world.size,
@@ -290,40 +394,92 @@ class Trainer:
         self.log.print(f"step {step}: eval accuracy {result['accuracy']:.3f}, format {result['format']:.3f} on {int(result['n'])} items")
         return result
 
-    def _resume(self, directory: Path) -> int:
-        try:
-            step = load_train_state(directory, self.policy, self.opt, self.sched)
-        except FileNotFoundError as e:
-            raise ConfigError(f"--resume: {e}") from e
-        self.log.print(f"resumed from {directory} after step {step}")
-        return step
+    def _resume(self, directory: Path) -> None:
+        meta = load_train_state(directory, self.policy, self.opt, self.sched)
+        self.start_step, self.skipped_total = meta["step"], meta["skipped_total"]
+        self.skipped_in_a_row = meta["skipped_in_a_row"]
+        self.last_checkpoint = directory
+        self.log.print(f"resumed from {directory} after step {self.start_step}")
 
     def save(self, name: str, step: int, resumable: bool) -> None:
         opt, sched = (self.opt, self.sched) if resumable else (None, None)
-        save_checkpoint(self.policy, self.tokenizer, self.out / name, self.dtype, opt, sched, step)
+        # Data order and the reward curriculum are functions of (seed, step); the TensorBoard step is the step.
+        meta = {"step": step, "config": dataclasses.asdict(self.cfg), "skipped_total": self.skipped_total,
+                "skipped_in_a_row": self.skipped_in_a_row, "prompts_seen": step * self.cfg.rollout.prompts_per_step}
+        save_checkpoint(self.policy, self.tokenizer, self.out / name, self.dtype, opt, sched, meta)
+        if resumable:
+            self.last_checkpoint = self.out / name
+            if self.world.is_main and self.cfg.keep_last:
+                prune_checkpoints(self.out, self.cfg.keep_last)
 
-    def train(self) -> None:
+    def train(self) -> bool:
+        """Set up, then run the remaining steps. False when a signal stopped the run early (after a
+        resumable checkpoint), True when it ran to the end."""
+        self.setup()
         cfg = self.cfg
         if self.replace_earlier_run and self.world.is_main:
             shutil.rmtree(self.out)
         dist.barrier()
         self.log.start(self.start_step)
-        if self.eval_items and self.start_step == 0:
-            self.run_eval(0)
-        for step in range(self.start_step, cfg.steps):
-            metrics = self.step(step)
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                self.log.scalars(step, metrics)
-            self.log.advance(metrics["reward/total/mean"], metrics["time/step_s"])
-            done = step + 1
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-                self.save(f"checkpoint-{done}", done, resumable=True)
-            if self.eval_items and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-                self.run_eval(done)
+        if self.eval_items and (self.start_step == 0 or cfg.eval_every and self.start_step % cfg.eval_every == 0):
+            self.run_eval(self.start_step)  # an eval due at the resumed step was dropped with the later metrics
+        with self._catch_stop_signals():
+            for step in range(self.start_step, cfg.steps):
+                metrics = self.step(step)
+                if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                    self.log.scalars(step, metrics)
+                self.log.advance(metrics["reward/total/mean"], metrics["time/step_s"])
+                self._stop_if_stuck()
+                done = step + 1
+                stop = done < cfg.steps and self._stop_agreed()
+                if (cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps) or stop:
+                    self.save(f"checkpoint-{done}", done, resumable=True)
+                if stop:
+                    self.log.print(f"stopped by signal after step {done}: checkpoint in {self.out / f'checkpoint-{done}'}")
+                    return False
+                if self.eval_items and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+                    self.run_eval(done)
         if self.eval_items:
             self.run_eval(cfg.steps)
         self.save("final", cfg.steps, resumable=False)
         self.log.print(f"done: checkpoint in {self.out / 'final'}, TensorBoard: tensorboard --logdir {self.out / 'tb'}")
+        return True
+
+    # ---- stopping ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _catch_stop_signals(self):
+        """SIGTERM / SIGINT only ask to stop after the current step; a second SIGINT exits at once
+        (a SIGTERM after a SIGINT does not: torchrun sends one to its workers after a Ctrl-C)."""
+
+        def ask(signum: int, frame) -> None:
+            if signum == signal.SIGINT and signal.SIGINT in self.stop_signals:
+                os._exit(128 + signum)
+            if not self.stop_signals:
+                print(f"rank {self.world.rank}: {signal.Signals(signum).name}: stopping after this step "
+                      "with a checkpoint (Ctrl-C again: exit now)", file=sys.stderr, flush=True)
+            self.stop_signals.append(signum)
+
+        previous = {s: signal.signal(s, ask) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_agreed(self) -> bool:
+        """Collective: a signal on any rank stops every rank after the same step."""
+        flag = torch.tensor([float(bool(self.stop_signals))])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _stop_if_stuck(self) -> None:
+        if self.skipped_in_a_row < self.cfg.max_skipped_steps:
+            return
+        last = self.last_checkpoint or "none yet (no checkpoint was written before the skips)"
+        raise RunStopped(
+            f"{self.skipped_in_a_row} steps in a row skipped ({self.skip_reason}); weights were left as they were. "
+            f"Last good checkpoint: {last}"
+        )
 
     def close(self) -> None:
         self.log.close()
@@ -333,4 +489,4 @@ class Trainer:
         # against 0 of 60 with this release.
         self.policy = self.ref = self.opt = self.sched = None
         gc.collect()
-        D.close_world()
+        D.close_world(self.world)

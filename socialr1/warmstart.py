@@ -19,15 +19,16 @@ IGNORE = -100  # label HF's loss skips
 
 
 def gold_completions(
-    tokenizer: PreTrainedTokenizerBase, items: Sequence[MCQItem], fmt: SIPFormat
+    tokenizer: PreTrainedTokenizerBase, items: Sequence[MCQItem], fmt: SIPFormat, prefilled: str = ""
 ) -> list[list[int]]:
+    """Token ids of each item's gold trace, less what the generation prompt pre-fills."""
     missing = [it.source for it in items if it.gold_stages is None]
     if missing:
         raise ConfigError(
             f"warm start needs gold SIP traces, which only generated items have "
             f"(--data.synthetic N); {len(missing)} items lack them, first: {missing[0]}"
         )
-    texts = [fmt.render(it.gold_stages, it.answer_letter) + tokenizer.eos_token for it in items]
+    texts = [fmt.render(it.gold_stages, it.answer_letter).removeprefix(prefilled) + tokenizer.eos_token for it in items]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 

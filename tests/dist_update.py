@@ -32,6 +32,7 @@ def fixed_batch(trainer: Trainer) -> tuple[Rollout, torch.Tensor]:
 
 def main(out: str, cfg: TrainConfig) -> None:
     trainer = Trainer(cfg)
+    trainer.setup()
     batch, adv = fixed_batch(trainer)
     n = len(batch) // trainer.world.size
     lo = trainer.world.rank * n

@@ -14,12 +14,14 @@ TINY = ["demo", "--data.synthetic", "32", "--data.eval-synthetic", "0", "--warms
         "--model.tiny-hidden-size", "64", "--model.tiny-vocab-size", "600"]
 
 
-def torchrun(nproc: int, script: str, args: list[str], tmp: Path, env: dict[str, str] | None = None) -> None:
+def torchrun(nproc: int, script: str, args: list[str], tmp: Path, env: dict[str, str] | None = None,
+             check: bool = True) -> subprocess.CompletedProcess:
     port = 29500 + (os.getpid() + nproc) % 1000
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={port}", str(ROOT / script), *args]
     done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert done.returncode == 0 or not check, done.stdout[-3000:] + done.stderr[-6000:]
+    return done
 
 
 @pytest.mark.parametrize("loss_type,kernel_env", [("grpo", {}), ("dapo", {"TRITON_INTERPRET": "1"})], ids=["grpo-torch", "dapo-triton"])

@@ -211,9 +211,10 @@ def test_grpo_step_with_judge_and_reward_model(classifier, tmp_path, world):
             "--output-dir", str(tmp_path / "run"), "--reward.formula", "social-r1", "--reward.structure", "judge",
             "--reward.content", "model", "--reward.judge.base-url", server.url + "/v1", "--reward.judge.model", "judge",
             "--reward.judge.timeout", "2", "--reward.judge.retries", "1", "--reward.rm.path", classifier,
-            "--data.eval-synthetic", "4", "--rollout.max-new-tokens", "8",
+            "--data.eval-synthetic", "4", "--rollout.max-new-tokens", "8", "--max-reward-failure-rate", "0.5",
         ])
         trainer = Trainer(cfg)
+        trainer.setup()
 
         def rollout(step: int) -> Rollout:
             index = trainer.prompt_indices(step)
@@ -236,7 +237,7 @@ def test_grpo_step_with_judge_and_reward_model(classifier, tmp_path, world):
         assert trainer.run_eval(1)["n"] == 4 and server.requests == asked  # eval reads format and accuracy only
         trainer.log.close()
     assert metrics["reward/judge_failures"] == 2 and metrics["reward/content_failures"] == 0
-    assert metrics["reward/failed/mean"] == pytest.approx(1 / 3) and math.isfinite(metrics["loss"])
+    assert metrics["reward/failed_frac"] == pytest.approx(1 / 3) and math.isfinite(metrics["loss"])
     for key in ("total", "format", "accuracy", "structure", "content", "length", "tau", "adj", "lp", "rp", "w_s", "w_c"):
         assert f"reward/{key}/mean" in metrics and f"reward/{key}/std" in metrics, key
     assert metrics["reward/format/mean"] == 1 and metrics["reward/structure/mean"] == pytest.approx((0.5 + 0 + 1) / 3)

@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from socialr1.models import ModelLoadError, load_pretrained
 from socialr1.policy import LossSettings, Policy
 from socialr1.rollout import Rollout, pad_left, stop_mask
 from socialr1.trainer import lr_lambda
+from tests.test_distributed import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,41 +121,23 @@ def test_checkpoint_is_atomic_and_loads_to_the_same_model(tmp_path, tokenizer, l
     assert json.loads((target / "config.json").read_text())["tie_word_embeddings"] is True
 
 
-def test_resumed_run_continues_with_the_same_numbers(tmp_path):
-    """4 steps straight == 2 steps, checkpoint, then resume for the last 2: same rewards, losses
-    and final weights (model, optimizer, scheduler, data order and sampling RNG all restored)."""
-    from safetensors.torch import load_file
+def test_a_second_run_into_the_same_dir_stops_unless_told(tmp_path):
+    """A new run never touches an earlier run's files, unless --overwrite (and then only once its
+    setup succeeded). Resuming is tested in test_resilience.py."""
+    common = [*TINY, "--steps", "3", "--save-every", "2", "--rollout.max-new-tokens", "12", "--rollout.prompts-per-step", "4"]
 
-    from tests.test_distributed import TINY
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--output-dir", str(out), *extra],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
-    common = [*TINY, "--steps", "4", "--save-every", "2", "--rollout.max-new-tokens", "12", "--rollout.prompts-per-step", "4",
-              "--optim.warmup-steps", "3", "--optim.schedule", "cosine"]
-
-    def run(out: Path, *extra: str) -> list[dict]:
-        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--output-dir", str(out), *extra],
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-4000:]
-        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-    straight = run(tmp_path / "a")
-    again = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--output-dir", str(tmp_path / "a")],
-                           capture_output=True, text=True, timeout=600)
+    assert run(tmp_path / "a").returncode == 0
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().count("\n")
+    again = run(tmp_path / "a")
     assert again.returncode != 0 and "--overwrite" in again.stderr.splitlines()[-1]
-    broken = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--output-dir", str(tmp_path / "a"), "--overwrite",
-                             "--data.synthetic", "0", "--data.path", str(tmp_path / "missing.jsonl")],
-                            capture_output=True, text=True, timeout=600)
+    broken = run(tmp_path / "a", "--overwrite", "--data.synthetic", "0", "--data.path", str(tmp_path / "missing.jsonl"))
     assert broken.returncode != 0  # setup failed, so the run it was to replace is untouched
-    assert (tmp_path / "a" / "metrics.jsonl").read_text().count("\n") == len(straight)
+    assert (tmp_path / "a" / "metrics.jsonl").read_text().count("\n") == lines
     assert (tmp_path / "a" / "checkpoint-2" / "train_state" / "trainer.pt").is_file()
-    resumed = run(tmp_path / "b", "--resume", str(tmp_path / "a" / "checkpoint-2"))
-    assert [r["step"] for r in resumed] == [2, 3]
-    for a, b in zip(straight[2:], resumed):
-        for key in ("reward/total/mean", "loss", "kl", "grad_norm", "lr", "completion/length_mean"):
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
-    wa, wb = load_file(tmp_path / "a" / "final" / "model.safetensors"), load_file(tmp_path / "b" / "final" / "model.safetensors")
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], atol=1e-6, rtol=1e-5, msg=name)
     assert not (tmp_path / "a" / "final" / "train_state").exists()
-    replaced = run(tmp_path / "a", "--overwrite", "--steps", "1")
-    assert [r["step"] for r in replaced] == [0] and not (tmp_path / "a" / "checkpoint-2").exists()
-
+    assert run(tmp_path / "a", "--overwrite", "--steps", "1").returncode == 0
+    assert (tmp_path / "a" / "metrics.jsonl").read_text().count("\n") == 1 and not (tmp_path / "a" / "checkpoint-2").exists()

@@ -51,10 +51,13 @@ class SIPReward:
         config: RewardConfig = RewardConfig(),
         total_steps: int = 1,
         fmt: SIPFormat = SIPFormat(),
+        prefix: str = "",
         device: torch.device | str = "cpu",
     ):
+        """prefix: text the generation prompt pre-fills (prompts.prefilled); every completion is
+        scored as continuing it. device: where a reward model runs (the training device)."""
         self.tokenizer, self.config, self.total_steps, self.fmt = tokenizer, config, total_steps, fmt
-        self.lexical = LexicalScorer(tokenizer, config, fmt)
+        self.lexical = LexicalScorer(tokenizer, config, fmt, prefix)
         self.judge = Judge(config.judge, fmt) if config.structure_scorer == "judge" else None
         self.reward_model = RewardModel(config.rm, torch.device(device)) if config.content_scorer == "model" else None
         self.scoring_api = ScoringAPI(config.rm) if config.content_scorer == "endpoint" else None

@@ -61,10 +61,12 @@ def _padded(rows: Sequence[Iterable[int]], width: int = 1) -> Tensor:
     return out
 
 
-def _token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
-    """Bytes of every token id as decoding with special tokens skipped produces them."""
+def _token_bytes(tokenizer: PreTrainedTokenizerBase, markers: Iterable[str] = ()) -> list[bytes]:
+    """Bytes of every token id as decoding with special tokens skipped produces them, except that
+    special tokens spelling a marker keep their text: some tokenizers mark <think> special."""
     added = tokenizer.added_tokens_decoder
     special = set(tokenizer.all_special_ids) | {i for i, t in added.items() if t.special}
+    special -= {i for i, t in added.items() if t.content in set(markers)}
     backend = getattr(tokenizer, "backend_tokenizer", None)
     byte_level = backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
     to_byte = {c: b for b, c in bytes_to_unicode().items()}
@@ -185,7 +187,9 @@ class LexicalScorer:
         tokenizer: PreTrainedTokenizerBase,
         config: RewardConfig,
         fmt: SIPFormat,
+        prefix: str = "",
     ):
+        """prefix: pre-filled text that every row of the byte view starts with."""
         headers = [fmt.stage_header(k) for k in range(len(fmt.stages))]
         if len(headers) != 4:
             raise ValueError(f"the SIP reward scores four stages, got {fmt.stages}")
@@ -211,10 +215,11 @@ class LexicalScorer:
                 for b in range(256)
             ]
         )
-        pieces = [b"\0", *_token_bytes(tokenizer), b""]  # entry 0: the row separator; last: pads, unknown ids
+        pieces = [b"\0", *_token_bytes(tokenizer, (fmt.think_open, fmt.think_close, fmt.answer_open, fmt.answer_close)),
+                  b"", prefix.encode()]  # entry 0: the row separator; V + 1: pads, unknown ids; V + 2: every row's prefix
         lens = torch.tensor(list(map(len, pieces)))
         self.vocab_packed = byte_class[torch.tensor(list(b"".join(pieces)), dtype=torch.long)]
-        self.token_table = ((lens.cumsum(0) - lens) << 16 | lens)[1:]  # [V + 1] start << 16 | length
+        self.token_table = ((lens.cumsum(0) - lens) << 16 | lens)[1:]  # [V + 2] start << 16 | length
         if int(lens.max()) >= 1 << 16:
             raise ValueError("a token longer than 65535 bytes")
         flags = {
@@ -279,9 +284,10 @@ class LexicalScorer:
     # ------------------------------------------------------------------ bytes, markers, words
 
     def flatten(self, ids: Tensor, mask: Tensor) -> Flat:
-        B, T = ids.shape
-        vocab = len(self.token_table) - 1
+        vocab = len(self.token_table) - 2
         ids = torch.where(mask & (ids >= 0) & (ids < vocab), ids, vocab)  # pads, unknown ids: empty
+        ids = torch.cat([torch.full_like(ids[:, :1], vocab + 1), ids], 1)  # the prefix starts every row
+        B, T = ids.shape
         sep = torch.ones(B, 1, dtype=torch.long, device=ids.device)  # start 0, length 1: the NUL separator
         tok = torch.cat([self.token_table.index_select(0, ids.flatten()).view(B, T), sep], 1).flatten()  # [B * (T + 1)]
         lens, src = tok & 0xFFFF, tok >> 16

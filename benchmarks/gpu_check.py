@@ -1,0 +1,387 @@
+"""One command for a GPU machine: the Triton kernels, the rollout and a real FSDP2 training run,
+measured at Qwen3 shapes with random weights (no hub), judged in one verdict table.
+
+    python benchmarks/gpu_check.py             # one CUDA GPU, under 9 minutes
+    python benchmarks/gpu_check.py --dry-run   # CPU, tiny shapes: every part runs (CI runs this)
+
+Parts, each in its own process (fresh GPU memory, its own time limit):
+  kernels    parity of the Triton kernels (compiled for this GPU) against naive at Qwen3-4B shapes,
+             then kernel_bench rows (naive, triton; N=4096, 16384) and their targets
+  rollout    sampling on a Qwen3-4B-shaped random bf16 model: 64 prompts x 5, 512 new tokens, HF's
+             compile off and on, SDPA and flash-attn (when it imports) for decoding
+  attention  training forward + backward on a Qwen3-1.7B-shaped model, SDPA against flash-attn
+  train      `train.py`, 3 GRPO steps with FSDP2 on one GPU, Qwen3-1.7B-shaped random model (bf16,
+             activation checkpointing, flash-attn when it imports, else SDPA): s/step, phases, peak memory
+
+The process exits 1 if any part fails. Numbers and the machine go in benchmarks/RESULTS.md.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+Part = Literal["kernels", "rollout", "attention", "train"]
+PARTS: tuple[Part, ...] = ("kernels", "rollout", "attention", "train")
+LIMIT_S = {"kernels": 110, "rollout": 240, "attention": 45, "train": 130}  # 525 s: under 9 minutes
+DRY_LIMIT_S = 240
+
+
+@dataclass
+class Config:
+    dry_run: bool = False
+    """CPU, tiny shapes, a few prompts: every part runs (about a minute of CPU); the numbers mean nothing."""
+    parts: tuple[Part, ...] = PARTS
+    """Which parts to run."""
+    out_dir: Path = ROOT / "benchmarks" / "results" / "gpu_check"
+    """Where each part's rows, the train run and the verdict table (gpu_check.md) go."""
+    part: Part | None = None
+    """Internal: run only this part, in this process (the parent starts one process per part)."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+
+
+QWEN3_4B = Shape(2560, 36, 32, 8, 128, 9728, 151936)
+QWEN3_1_7B = Shape(2048, 28, 16, 8, 128, 6144, 151936)
+TINY = Shape(64, 2, 4, 2, 16, 192, 1024)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What each part runs at: the issue's sizes on a GPU, tiny ones for --dry-run."""
+
+    model_4b: Shape
+    model_1_7b: Shape
+    parity_tokens: int
+    sweep_tokens: tuple[int, ...]
+    prompts: int
+    group: int
+    prompt_len: tuple[int, int]
+    new_tokens: int
+    train_rows: int
+    train_len: int
+    train_args: tuple[str, ...]
+
+
+GPU = Sizes(QWEN3_4B, QWEN3_1_7B, 2048, (4096, 16384), 64, 5, (200, 400), 512, 8, 1024,
+            ("--rollout.prompts-per-step", "32", "--rollout.max-new-tokens", "256", "--data.synthetic", "512"))
+DRY = Sizes(TINY, TINY, 64, (128,), 4, 2, (8, 16), 8, 2, 32,
+            ("--rollout.prompts-per-step", "2", "--rollout.group-size", "2", "--rollout.max-new-tokens", "8",
+             "--data.synthetic", "32", "--device", "cpu"))
+
+
+class Rows:
+    """A part's verdict rows, written to disk as they come, so a part that runs out of time still
+    shows what it measured."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows = path, []
+
+    def add(self, check: str, result: str, ok: bool | str) -> None:
+        """ok: True / False (FAILED: the part is broken), or a verdict of its own ("info", "missed")."""
+        verdict = ok if isinstance(ok, str) else "ok" if ok else "FAILED"
+        self.rows.append({"check": check, "result": result, "verdict": verdict})
+        self.path.write_text(json.dumps(self.rows, indent=1))
+        print(f"  {check}: {result} [{verdict}]", flush=True)
+
+
+# ---- models from configs ---------------------------------------------------------------------
+def tokenizer():
+    """The offline tokenizer of the tiny demo: a random model does not need Qwen's own."""
+    from socialr1 import tiny
+    from socialr1.prompts import user_message
+    from socialr1.sip import SIPFormat
+    from socialr1.synthetic import generate_items
+
+    fmt = SIPFormat()
+    items = generate_items(64, seed=0)
+    corpus = [user_message(it, fmt) for it in items] + [fmt.render(it.gold_stages, it.answer_letter) for it in items]
+    return tiny.build_tokenizer(corpus, 1000)
+
+
+def qwen3_config(shape: Shape, pad_id: int, eos_id: int):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim, max_position_embeddings=4096, tie_word_embeddings=True,
+        pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None,
+    )
+
+
+def random_model(shape: Shape, device, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(qwen3_config(shape, 0, 1), dtype=dtype, attn_implementation="sdpa")
+
+
+# ---- parts -----------------------------------------------------------------------------------
+def part_kernels(sizes: Sizes, rows: Rows, cuda: bool) -> None:
+    import torch
+    from kernel_bench import _run_one, target_checks
+
+    from kernels import grpo_loss, linear_logprobs
+
+    device = "cuda" if cuda else "cpu"
+    h, v, n = sizes.model_4b.hidden, sizes.model_4b.vocab, sizes.parity_tokens
+    g = torch.Generator(device).manual_seed(0)
+    hidden = torch.randn(n, h, device=device, generator=g).bfloat16()
+    weight = (torch.randn(v, h, device=device, generator=g) / h**0.5).bfloat16()
+    targets = torch.randint(0, v, (n,), device=device, generator=g)
+    advantages = torch.randn(1, device=device, generator=g)
+    old = -5 + torch.randn(1, n, device=device, generator=g)
+    ref = -5 + torch.randn(1, n, device=device, generator=g)
+
+    def run(backend: str, dtype) -> list:
+        x, w = hidden.to(dtype, copy=True).requires_grad_(), weight.to(dtype, copy=True).requires_grad_()
+        with torch.no_grad():
+            logp, entropy = linear_logprobs(x, w, targets, with_entropy=True, backend=backend)
+        loss, _ = grpo_loss(x[None], w, targets[None], torch.ones(1, n, device=device), advantages, old, ref,
+                            beta=0.04, backend=backend)
+        loss.backward()
+        return [t.detach().float() for t in (logp, entropy, loss, x.grad, w.grad)]
+
+    exact = run("naive", torch.float32)  # the same bf16 inputs, computed in float32
+    errors = {b: [((a - e).norm() / e.norm().clamp_min(1e-12)).item() for a, e in zip(run(b, torch.bfloat16), exact)]
+              for b in ("naive", "triton")}
+    names = ("logp", "entropy", "loss", "grad_hidden", "grad_weight")
+    for name, naive, triton in zip(names, errors["naive"], errors["triton"]):
+        # A broken kernel (e.g. a wrong tile size on this GPU) is off by O(1); bf16 rounding, where the
+        # Triton backward also rounds dz to bf16 (RESULTS.md), stays within a few times naive bf16's.
+        rows.add(f"kernels: triton {name} vs float32 (N={n}, H={h}, V={v})",
+                 f"rel. error {triton:.2e} (naive bf16: {naive:.2e})", triton <= 3 * naive + 1e-3)
+
+    results = []
+    for mode in ("fwd", "fwd_bwd"):
+        for tokens in sizes.sweep_tokens:
+            for method in ("naive", "triton") if cuda else ("torch",):  # CPU: only that the sweep runs
+                spec = dict(method=method, mode=mode, tokens=tokens, hidden=h, vocab=v, dtype="bf16",
+                            seq_len=min(512, tokens), repeats=2)
+                r = _run_one(spec, timeout_s=45)
+                results.append(r)
+                shown = r.get("error") or f"{r['time_s'] * 1e3:.1f} ms, peak {r['peak_mib']:.0f} MiB"
+                rows.add(f"sweep: {mode} N={tokens} {method}", shown, "error" not in r)
+    for line in target_checks(results, cuda):
+        rows.add("sweep target", line, "missed" if "NOT met" in line else "info")
+
+
+def _decode(model, prompts, group: int, new_tokens: int, compile: bool, cuda: bool) -> dict:
+    """One rollout, timed. Written against socialr1.rollout.sample (HF generate); switch to
+    benchmarks/rollout_bench.run when issue 9's rollout engine lands in main."""
+    import torch
+
+    from socialr1.rollout import sample
+
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    out = sample(model, model.device, prompts, list(range(len(prompts))), group, new_tokens, 1.0, 1.0, 0,
+                 pad_id=0, stop_ids=[1], compile=compile)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    tokens = int(out.completion_mask.sum())
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return dict(seconds=seconds, tokens=tokens, tokens_per_s=tokens / seconds, peak_gib=peak)
+
+
+def part_rollout(sizes: Sizes, rows: Rows, cuda: bool) -> None:
+    import random
+
+    import torch
+
+    from socialr1.models import attention, flash_attn_error
+
+    device = "cuda" if cuda else "cpu"
+    model = random_model(sizes.model_4b, device, torch.bfloat16).eval()
+    rng = random.Random(0)
+    prompts = [[rng.randrange(2, sizes.model_4b.vocab) for _ in range(rng.randint(*sizes.prompt_len))]
+               for _ in range(sizes.prompts)]
+    what = f"{sizes.prompts} prompts x {sizes.group}, {sizes.new_tokens} new tokens"
+    _decode(model, prompts[:2], 1, 4, compile=False, cuda=cuda)  # CUDA context, cuBLAS, allocator
+
+    def report(label: str, r: dict) -> None:
+        peak = f", peak {r['peak_gib']:.1f} GiB" if cuda else ""
+        rows.add(f"rollout: {label}", f"{r['seconds']:.1f} s, {r['tokens_per_s']:.0f} tokens/s{peak} ({what})",
+                 r["tokens"] > 0)
+
+    off = _decode(model, prompts, sizes.group, sizes.new_tokens, compile=False, cuda=cuda)
+    report("sdpa, compile off", off)
+    reason = flash_attn_error() if cuda else "needs CUDA"
+    if reason:
+        rows.add("rollout: flash-attn decode", f"not measured: {reason}", "info")
+    else:
+        with attention(model, "flash_attention_2"):
+            flash = _decode(model, prompts, sizes.group, sizes.new_tokens, compile=False, cuda=cuda)
+        report("flash-attn, compile off", flash)
+        faster = "sdpa" if off["seconds"] <= flash["seconds"] else "flash_attention_2"
+        rows.add("decode attention", f"faster: {faster} ({flash['seconds'] / off['seconds']:.2f}x sdpa's time); "
+                 "--model.decode-attn-implementation auto is sdpa", "info" if faster == "sdpa" else "change default")
+    note = "" if cuda else " (HF compiles on CUDA only: this ran eagerly)"
+    first = _decode(model, prompts, sizes.group, sizes.new_tokens, compile=True, cuda=cuda)
+    rows.add("rollout: sdpa, compile on, first call", f"{first['seconds']:.1f} s including compilation{note}",
+             first["tokens"] > 0)
+    report("sdpa, compile on", _decode(model, prompts, sizes.group, sizes.new_tokens, compile=True, cuda=cuda))
+
+
+def part_attention(sizes: Sizes, rows: Rows, cuda: bool) -> None:
+    import torch
+
+    from socialr1.models import attention, flash_attn_error
+
+    device = "cuda" if cuda else "cpu"
+    model = random_model(sizes.model_1_7b, device, torch.bfloat16).train()
+    n, t = sizes.train_rows, sizes.train_len
+    ids = torch.randint(2, sizes.model_1_7b.vocab, (n, t), device=device)
+    mask = (torch.arange(t, device=device) >= torch.randint(0, t // 2, (n, 1), device=device)).long()  # left padding
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+
+    def step() -> None:
+        out = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        out.float().square().mean().backward()
+
+    def timed(impl: str) -> float:
+        with attention(model, impl):
+            step()
+            times = []
+            for _ in range(3):
+                if cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                step()
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+        return statistics.median(times)
+
+    what = f"forward + backward, {n} x {t} tokens, Qwen3-1.7B shape" if cuda else f"{n} x {t} tokens, tiny"
+    sdpa = timed("sdpa")
+    rows.add("train attention: sdpa", f"{sdpa * 1e3:.0f} ms ({what})", True)
+    reason = flash_attn_error() if cuda else "needs CUDA"
+    if reason:
+        rows.add("train attention: flash-attn", f"not measured: {reason}", "info")
+        return
+    flash = timed("flash_attention_2")
+    rows.add("train attention: flash-attn", f"{flash * 1e3:.0f} ms ({what})", True)
+    faster = "flash_attention_2" if flash < sdpa else "sdpa"
+    rows.add("train attention", f"faster: {faster}; --model.attn-implementation auto is flash_attention_2",
+             "info" if faster == "flash_attention_2" else "change default")
+
+
+def part_train(sizes: Sizes, rows: Rows, cuda: bool, out: Path) -> None:
+    import torch
+
+    from socialr1.models import attn_implementation
+
+    tok = tokenizer()
+    model_dir = out / "qwen3-1.7b-shape"
+    qwen3_config(sizes.model_1_7b, tok.pad_token_id, tok.eos_token_id).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    run_dir = out / "train-run"
+    args = [sys.executable, str(ROOT / "train.py"), "socialr1-4b", "--model.name-or-path", str(model_dir),
+            "--model.random-init", "--model.dtype", "bfloat16", "--model.activation-checkpointing", "--steps", "3",
+            "--save-every", "0", "--sample-every", "0", "--overwrite", "--output-dir", str(run_dir), *sizes.train_args]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        rows.add("train.py", "exit {}: {}".format(done.returncode, (done.stderr.strip().splitlines() or [""])[-1][:300]), False)
+        return
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    later = steps[1:] or steps  # the first step also warms up kernels and the allocator
+    mean = {k: statistics.mean(s[k] for s in later) for k in later[0] if isinstance(later[0][k], (int, float))}
+    attn = attn_implementation("auto", torch.device("cuda" if cuda else "cpu"), "train")
+    rows.add("train.py: 3 steps", f"{mean['time/step_s']:.1f} s/step (steps 2-3; first {steps[0]['time/step_s']:.1f} s), "
+             f"FSDP2 on 1 {'GPU' if cuda else 'CPU rank'}, bf16, activation checkpointing, {attn}", len(steps) == 3)
+    rows.add("train.py: phases", ", ".join(f"{k[5:-2]} {mean[k]:.1f} s" for k in
+                                          ("time/generation_s", "time/reward_s", "time/logprobs_s", "time/update_s")), "info")
+    if cuda:
+        rows.add("train.py: peak memory", f"{max(s['memory/peak_gib'] for s in steps):.1f} GiB", "info")
+    finite = all(s[k] == s[k] and abs(s[k]) != float("inf") for s in steps for k in ("loss", "kl", "grad_norm"))
+    rows.add("train.py: loss, KL, grad norm finite", str(finite), finite)
+
+
+def gpu_name() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("error: no CUDA device: run with --dry-run on CPU")
+    return torch.cuda.get_device_name()
+
+
+# ---- driver ----------------------------------------------------------------------------------
+def run_part(cfg: Config) -> None:
+    cuda = not cfg.dry_run and bool(gpu_name())
+    sizes = DRY if cfg.dry_run else GPU
+    rows = Rows(cfg.out_dir / f"{cfg.part}.json")
+    if cfg.part == "train":
+        part_train(sizes, rows, cuda, cfg.out_dir)
+    else:
+        {"kernels": part_kernels, "rollout": part_rollout, "attention": part_attention}[cfg.part](sizes, rows, cuda)
+
+
+def main(cfg: Config) -> None:
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    device = "CPU (dry run)" if cfg.dry_run else gpu_name()
+    table = []
+    started = time.perf_counter()
+    for part in cfg.parts:
+        print(f"{part} ...", flush=True)
+        path = cfg.out_dir / f"{part}.json"
+        path.unlink(missing_ok=True)
+        cmd = [sys.executable, __file__, "--part", part, "--out-dir", str(cfg.out_dir)] + (["--dry-run"] if cfg.dry_run else [])
+        limit = DRY_LIMIT_S if cfg.dry_run else LIMIT_S[part]
+        # On CPU the parity check runs the Triton kernels in the interpreter (the other parts use
+        # the CPU default kernels).
+        env = dict(os.environ, TRITON_INTERPRET="1") if cfg.dry_run and part == "kernels" else None
+        try:
+            done = subprocess.run(cmd, env=env, timeout=limit, capture_output=True, text=True)
+            error = None if done.returncode == 0 else (done.stderr.strip().splitlines() or ["killed"])[-1][:300]
+        except subprocess.TimeoutExpired:
+            error = f"ran out of its {limit} s"
+        rows = json.loads(path.read_text()) if path.exists() else []
+        if error:
+            rows.append({"check": f"{part}: process", "result": error, "verdict": "FAILED"})
+        table += [dict(part=part, **r) for r in rows]
+    wall = time.perf_counter() - started
+    failed = [r for r in table if r["verdict"] == "FAILED"]
+    lines = [f"gpu_check on {device}, {wall:.0f} s", "", "| part | check | result | verdict |", "|---|---|---|---|"]
+    lines += [f"| {r['part']} | {r['check']} | {r['result']} | {r['verdict']} |" for r in table]
+    lines += ["", f"{len(failed)} FAILED" if failed else "all checks passed"]
+    (cfg.out_dir / "gpu_check.md").write_text("\n".join(lines) + "\n")
+    (cfg.out_dir / "gpu_check.json").write_text(json.dumps(dict(device=device, wall_s=wall, config=asdict(cfg) | {
+        "out_dir": str(cfg.out_dir)}, rows=table), indent=1))
+    print("\n".join(lines))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    config = tyro.cli(Config)
+    if config.part:
+        run_part(config)
+    else:
+        main(config)
