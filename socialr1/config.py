@@ -174,6 +174,10 @@ class WarmStartConfig:
     """Learning rate of the warm start."""
     batch_size: int = 16
     """Items per warm-start step."""
+    answers: Literal["gold", "random"] = "gold"
+    """gold: each trace ends in the right option. random: in a random one (Response Generation and
+    answer tag), so the warm start teaches the format and the reasoning but no answer, and what GRPO
+    adds to accuracy is measurable."""
 
     def __post_init__(self) -> None:
         _require(self.steps >= 0, "--warmstart.steps", self.steps, "at least 0")
@@ -236,20 +240,22 @@ class TrainConfig:
 def _demo() -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(tiny=True, dtype="float32", activation_checkpointing=False),
-        data=DataConfig(synthetic=2000, eval_synthetic=64, max_prompt_tokens=512),
-        rollout=RolloutConfig(prompts_per_step=8, group_size=6, max_new_tokens=160),
+        data=DataConfig(synthetic=2000, eval_synthetic=128, max_prompt_tokens=512),
+        rollout=RolloutConfig(prompts_per_step=8, group_size=8, max_new_tokens=128),
         grpo=GRPOConfig(loss_type="dapo", micro_batch_size=24),
         optim=OptimConfig(lr=3e-4),
         # A dense additive reward at a constant curriculum weight: a rising total then means the
         # policy improved, not that the curriculum switched a term on.
         reward=RewardConfig(mode="additive", curriculum_start=0.0, curriculum_end=0.0, len_min=24, len_max=200),
-        warmstart=WarmStartConfig(steps=160),
+        # Traces that choose a random option: the warm start teaches the format, and any rise in
+        # accuracy is GRPO's.
+        warmstart=WarmStartConfig(steps=160, answers="random"),
         steps=50,
         device="cpu",
         output_dir="runs/demo",
         sample_every=5,
         save_every=0,
-        eval_every=25,
+        eval_every=10,
     )
 
 

@@ -131,8 +131,7 @@ def _stages(
     if chain is None:
         interpretation = f"The last move put it in the {story.final}, so it is really there."
         goal = f"The question asks where the {obj} is now, not what anyone believes."
-        response = f"The answer is the {answer}, option {letter}."
-        return encoding, interpretation, goal, response
+        return encoding, interpretation, goal, response_stage(answer, letter)
     by_place: dict[str, list[str]] = {}
     for name in chain:
         by_place.setdefault(story.seen_together((name,)), []).append(name)
@@ -144,11 +143,12 @@ def _stages(
     else:
         interpretation += f" Together they last saw it in the {answer}."
         goal = f"The question nests {_and(chain)}: I need where they all last saw it."
-    why = "where it really is"
-    if answer != story.final:
-        why = f"not the {story.final} where it is now"
-    response = f"The answer is the {answer}, {why}: option {letter}."
-    return encoding, interpretation, goal, response
+    return encoding, interpretation, goal, response_stage(answer, letter)
+
+
+def response_stage(option: str, letter: str) -> str:
+    """The last SIP stage of a trace that chooses `option`, labelled `letter`."""
+    return f"Weighing the options, the answer is the {option}: option {letter}."
 
 
 def _seen(story: Story, move: Move) -> str:

@@ -29,6 +29,7 @@ from socialr1.grpo import group_advantages, microbatch_weight, zero_std_fraction
 from socialr1.items import MCQItem
 from socialr1.metrics import RunLog, mean_std
 from socialr1.models import attention, attn_implementation, build_tiny, load_pretrained, stop_token_ids
+from socialr1.plots import plot_curves
 from socialr1.policy import LossSettings, Policy
 from socialr1.preflight import check_inputs
 from socialr1.prompts import encode_prompts, prefilled, user_message
@@ -108,7 +109,8 @@ class Trainer:
         if not self.items:
             raise ConfigError(f"no training item fits in --data.max-prompt-tokens {cfg.data.max_prompt_tokens}")
         if cfg.warmstart.steps and not meta:
-            targets = gold_completions(self.tokenizer, self.items, cfg.sip, self.prefill)
+            random_answers = cfg.seed if cfg.warmstart.answers == "random" else None
+            targets = gold_completions(self.tokenizer, self.items, cfg.sip, self.prefill, random_answers)
             losses = warm_start(lm, self.prompts, targets, self.pad_id, cfg.warmstart, cfg.seed, self.world.is_main)
             self.log.print(f"warm start: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps")
 
@@ -390,8 +392,10 @@ class Trainer:
                 self.eval_features, r.prompts_per_step * r.group_size // self.world.size,
                 r.max_new_tokens, self.pad_id, self.stop_ids,
             )
+        result["chance"] = sum(1 / len(it.options) for it in self.eval_items) / len(self.eval_items)
         self.log.scalars(step, {f"eval/{k}": v for k, v in result.items()})
-        self.log.print(f"step {step}: eval accuracy {result['accuracy']:.3f}, format {result['format']:.3f} on {int(result['n'])} items")
+        per_type = ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in result.items() if k.startswith("accuracy/"))
+        self.log.print(f"step {step}: eval accuracy {result['accuracy']:.3f}, format {result['format']:.3f} on {int(result['n'])} items ({per_type})")
         return result
 
     def _resume(self, directory: Path) -> None:
@@ -442,6 +446,8 @@ class Trainer:
         if self.eval_items:
             self.run_eval(cfg.steps)
         self.save("final", cfg.steps, resumable=False)
+        if self.world.is_main:
+            plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
         self.log.print(f"done: checkpoint in {self.out / 'final'}, TensorBoard: tensorboard --logdir {self.out / 'tb'}")
         return True
 

@@ -12,23 +12,37 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1.config import ConfigError, WarmStartConfig
-from socialr1.items import MCQItem
+from socialr1.items import LETTERS, MCQItem
 from socialr1.sip import SIPFormat
+from socialr1.synthetic import response_stage
 
 IGNORE = -100  # label HF's loss skips
 
 
 def gold_completions(
-    tokenizer: PreTrainedTokenizerBase, items: Sequence[MCQItem], fmt: SIPFormat, prefilled: str = ""
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[MCQItem],
+    fmt: SIPFormat,
+    prefilled: str = "",
+    random_answers: int | None = None,
 ) -> list[list[int]]:
-    """Token ids of each item's gold trace, less what the generation prompt pre-fills."""
+    """Token ids of each item's gold trace and answer, less what the generation prompt pre-fills.
+    With `random_answers` (a seed), each trace chooses a random option instead (Response Generation
+    and answer tag), so the traces teach the format and the reasoning but not which option is right."""
     missing = [it.source for it in items if it.gold_stages is None]
     if missing:
         raise ConfigError(
             f"warm start needs gold SIP traces, which only generated items have "
             f"(--data.synthetic N); {len(missing)} items lack them, first: {missing[0]}"
         )
-    texts = [fmt.render(it.gold_stages, it.answer_letter).removeprefix(prefilled) + tokenizer.eos_token for it in items]
+    rng = random.Random(random_answers)
+    texts = []
+    for it in items:
+        stages, choice = it.gold_stages, it.answer
+        if random_answers is not None:
+            choice = rng.randrange(len(it.options))
+            stages = (*stages[:-1], response_stage(it.options[choice], LETTERS[choice]))
+        texts.append(fmt.render(stages, LETTERS[choice]).removeprefix(prefilled) + tokenizer.eos_token)
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 

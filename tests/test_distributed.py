@@ -67,6 +67,6 @@ def test_demo_trains_on_two_ranks_and_writes_a_loadable_checkpoint(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     tok = AutoTokenizer.from_pretrained(out / "final")
     assert model.config.vocab_size == len(tok)
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "final", "metrics.jsonl", "tb"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "curves.png", "final", "metrics.jsonl", "tb"]
     state = out / "checkpoint-1" / "train_state"
     assert (state / "rng-rank0.pt").is_file() and (state / "rng-rank1.pt").is_file() and list(state.glob("*.distcp"))
