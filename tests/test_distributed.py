@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from socialr1.config import parse
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["demo", "--data.synthetic", "32", "--data.eval-synthetic", "0", "--warmstart.steps", "0",
         "--model.tiny-hidden-size", "64", "--model.tiny-vocab-size", "600"]
@@ -70,3 +72,35 @@ def test_demo_trains_on_two_ranks_and_writes_a_loadable_checkpoint(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "curves.png", "final", "metrics.jsonl", "tb"]
     state = out / "checkpoint-1" / "train_state"
     assert (state / "rng-rank0.pt").is_file() and (state / "rng-rank1.pt").is_file() and list(state.glob("*.distcp"))
+
+
+def test_each_rank_trains_on_its_prompts_with_its_slice_of_the_global_advantages(tmp_path, world):
+    """2 ranks, one Trainer.step, batch-scaled advantages (the std spans both ranks): each rank's
+    rows are the prompts prompt_indices promises it, the two ranks together take the prompts one
+    rank would, and each rank's advantages are its slice of the advantages computed here from
+    all rows' rewards."""
+    from socialr1.trainer import Trainer
+    from tests.dist_step import STEP
+
+    group = 4
+    args = TINY + ["--rollout.prompts-per-step", "4", "--rollout.group-size", str(group), "--rollout.max-new-tokens", "48",
+                   "--grpo.scale-rewards", "batch", "--grpo.beta", "0", "--sample-every", "0",
+                   # a reward that varies between random completions: the share of repeated words
+                   "--reward.rep-ngram", "1", "--reward.rep-tolerance", "0"]
+    torchrun(2, "tests/dist_step.py", [str(tmp_path / "rank"), *args, "--output-dir", str(tmp_path / "run")], tmp_path)
+    ranks = [torch.load(tmp_path / f"rank-{r}.pt") for r in range(2)]
+    for r in ranks:
+        assert r["item_index"] == [i for i in r["promised"] for _ in range(group)]
+        assert r["row_prompts"] == [p for p in r["encoded"] for _ in range(group)]
+    one_rank = Trainer(parse([*args, "--output-dir", str(tmp_path / "one")]))
+    one_rank.setup()
+    assert ranks[0]["promised"] + ranks[1]["promised"] == one_rank.prompt_indices(STEP)
+
+    rewards = torch.cat([r["rewards"] for r in ranks])  # [16], rank order
+    groups = rewards.view(-1, group)
+    expected = ((groups - groups.mean(1, keepdim=True)) / (rewards.std() + 1e-4)).flatten()
+    n = len(expected) // 2
+    assert expected[:n].abs().max() > 0.1 and expected[n:].abs().max() > 0.1  # both ranks have signal
+    assert (expected[:n] - expected[n:]).abs().max() > 0.1  # and different signals
+    for k, r in enumerate(ranks):
+        torch.testing.assert_close(r["advantages"], expected[k * n : (k + 1) * n], atol=1e-5, rtol=1e-5)

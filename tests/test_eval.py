@@ -1,5 +1,6 @@
 """eval.py as a user meets it: a real run of a tiny model over the paper's suite, the counts without a
-model, bad rows, and the prompt modes through the real Qwen3 chat template."""
+model, bad rows, and the prompt modes through the real Qwen3 chat template; and the periodic eval's
+scoring (`evaluate`) of a scripted generator, exactly."""
 
 import json
 import os
@@ -8,14 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval import EvalConfig
 from eval import main as eval_main
 from socialr1 import tiny
 from socialr1.data import DataError
 from socialr1.evalsets.common import DATA_ROOT
+from socialr1.evaluate import evaluate
 from socialr1.items import MCQItem
-from socialr1.prompts import CARD, COT, DIRECT, instruction, prompt_text
+from socialr1.models import stop_token_ids
+from socialr1.prompts import CARD, COT, DIRECT, encode_prompts, instruction, prompt_text
+from socialr1.rewards import RewardConfig, SIPReward
 from socialr1.sip import SIPFormat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,3 +110,43 @@ def test_prompt_modes_and_thinking_switch_through_the_qwen3_template(qwen3):
         assert on.endswith("<|im_start|>assistant\n") and off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert CARD.startswith("You should first think about the reasoning process in the mind and then provide with "
                            "the answer.The reasoning process")
+
+
+class ScriptedLM:
+    """A generator that answers each prompt with the completion scripted for it (HF `generate`'s
+    contract: the prompt ids followed by the new ids, right-padded)."""
+
+    def __init__(self, script: dict[tuple[int, ...], list[int]], pad_id: int):
+        self.script, self.pad_id = script, pad_id
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **_):
+        new = [self.script[tuple(ids[m.bool()].tolist())][:max_new_tokens] for ids, m in zip(input_ids, attention_mask)]
+        width = max(map(len, new))
+        tail = torch.tensor([c + [self.pad_id] * (width - len(c)) for c in new], dtype=input_ids.dtype)
+        return torch.cat([input_ids, tail], dim=1)
+
+
+def test_eval_scores_scripted_answers_exactly(tokenizer, items, world):
+    """Rows answer gold, a wrong letter in the right format, or nothing: accuracy, format rate and
+    per-ability accuracy are exactly the fractions of the script."""
+    fmt = SIPFormat()
+    chosen = items[:14]
+    prompts = encode_prompts(tokenizer, chosen, fmt)
+    kinds = ["gold", "wrong", "gold", "empty", "wrong", "gold", "gold"] * 2
+    script = {}
+    for it, p, kind in zip(chosen, prompts, kinds):
+        letter = it.answer_letter if kind == "gold" else "A" if it.answer_letter != "A" else "B"
+        text = "" if kind == "empty" else fmt.render(it.gold_stages, letter)
+        script[tuple(p)] = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    reward = SIPReward(tokenizer, RewardConfig(), total_steps=1, fmt=fmt)
+    result = evaluate(ScriptedLM(script, tokenizer.pad_token_id), torch.device("cpu"), chosen, prompts, reward,
+                      reward.encode_items(chosen), 4, 1000, tokenizer.pad_token_id, stop_token_ids(tokenizer))
+    n = len(chosen)
+    assert result["n"] == n
+    assert result["accuracy"] == pytest.approx(kinds.count("gold") / n)
+    assert result["format"] == pytest.approx((kinds.count("gold") + kinds.count("wrong")) / n)
+    abilities = {it.ability for it in chosen}
+    assert len(abilities) >= 3
+    for ability in abilities:
+        mine = [k for it, k in zip(chosen, kinds) if it.ability == ability]
+        assert result[f"accuracy/{ability}"] == pytest.approx(mine.count("gold") / len(mine)), ability
