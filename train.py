@@ -7,6 +7,9 @@
 
 SIGTERM or Ctrl-C stops after the current step with a resumable checkpoint (Ctrl-C twice: at once);
 `--resume auto` continues from the newest complete checkpoint.
+
+    python train.py reward-model rm-demo              # the SIP content reward model (pairwise), CPU demo
+    torchrun --nproc_per_node 8 train.py reward-model rm-qwen3-4b --data.path pairs.jsonl
 """
 
 import shlex
@@ -16,6 +19,8 @@ from typing import Sequence
 from socialr1.config import ConfigError, parse
 from socialr1.data import DataError
 from socialr1.models import ModelLoadError
+from socialr1.reward_model.config import parse as parse_reward_model
+from socialr1.reward_model.trainer import RMTrainer
 from socialr1.trainer import RunStopped, Trainer
 
 
@@ -37,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Every bad input ends here as one line and exit status 1, with no traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        trainer = Trainer(parse(argv, description=__doc__))
+        if argv[:1] == ["reward-model"]:
+            trainer = RMTrainer(parse_reward_model(argv[1:], description=__doc__))
+        else:
+            trainer = Trainer(parse(argv, description=__doc__))
         try:
             finished = trainer.train()
         finally:

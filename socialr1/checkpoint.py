@@ -57,7 +57,7 @@ def save_checkpoint(
         config = copy.deepcopy(policy.lm.config)
         config.dtype = dtype  # the dtype the weights are saved in, not the float32 master weights'
         config.save_pretrained(tmp)
-        if policy.lm.generation_config is not None:
+        if getattr(policy.lm, "generation_config", None) is not None:  # a classifier (reward model) has none
             policy.lm.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     if optimizer is not None and scheduler is not None:

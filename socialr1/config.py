@@ -4,7 +4,7 @@ Presets: `socialr1-4b` (the paper's recipe, the default), `socialr1-8b`, and `de
 generated data, CPU, a few minutes)."""
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import tyro
 
@@ -280,8 +280,13 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
 
 def parse(args: Sequence[str] | None = None, description: str | None = None) -> TrainConfig:
     """Command line -> TrainConfig: a preset (socialr1-4b when none is named), then its flags."""
-    presets = tyro.extras.subcommand_type_from_defaults(
-        {name: cfg for name, (_, cfg) in PRESETS.items()}, {name: doc for name, (doc, _) in PRESETS.items()}
+    return parse_preset(PRESETS, "socialr1-4b", args, description)
+
+
+def parse_preset(presets: dict[str, tuple[str, Any]], default: str, args: Sequence[str] | None, description: str | None) -> Any:
+    """A preset named first on the command line (`default` when none is), then its flags."""
+    choices = tyro.extras.subcommand_type_from_defaults(
+        {name: cfg for name, (_, cfg) in presets.items()}, {name: doc for name, (doc, _) in presets.items()}
     )
-    return tyro.cli(presets, default=PRESETS["socialr1-4b"][1], args=args, description=description)
+    return tyro.cli(choices, default=presets[default][1], args=args, description=description)
 

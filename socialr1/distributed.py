@@ -158,6 +158,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's global value (e.g. the grad norm of sharded parameters), or t itself."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -14,8 +14,9 @@ class RunLog:
     """Prints from construction on; files and the progress bar open at start(), once setup has
     succeeded, so a run that fails to start writes nothing into its output dir."""
 
-    def __init__(self, output_dir: Path, total_steps: int, enabled: bool):
+    def __init__(self, output_dir: Path, total_steps: int, enabled: bool, desc: str = "grpo", shown: str = "reward"):
         self.enabled, self.output_dir, self.total_steps = enabled, output_dir, total_steps
+        self.desc, self.shown = desc, shown  # the bar's label and the name of the value it shows
         self.bar: tqdm | None = None
 
     def start(self, initial_step: int) -> None:
@@ -28,7 +29,7 @@ class RunLog:
         path = self.output_dir / "metrics.jsonl"
         path.write_text(_rows_before(path, initial_step) if path.exists() else "")
         self.jsonl = path.open("a")
-        self.bar = tqdm(total=self.total_steps, initial=initial_step, desc="grpo", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=self.total_steps, initial=initial_step, desc=self.desc, unit="step", dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -43,10 +44,10 @@ class RunLog:
             # Markdown code block keeps the SIP line structure readable in TensorBoard.
             self.writer.add_text(tag, "```\n" + text + "\n```", step)
 
-    def advance(self, reward: float, seconds: float) -> None:
+    def advance(self, value: float, seconds: float) -> None:
         if not self.enabled:
             return
-        self.bar.set_postfix(reward=f"{reward:.3f}", step_s=f"{seconds:.1f}")
+        self.bar.set_postfix({self.shown: f"{value:.3f}", "step_s": f"{seconds:.1f}"})
         self.bar.update(1)
 
     def print(self, message: str) -> None:

@@ -52,11 +52,12 @@ def attention(lm: PreTrainedModel, implementation: str) -> Iterator[None]:
 
 
 def load_pretrained(
-    cfg: ModelConfig, device: torch.device, seed: int = 0
+    cfg: ModelConfig, device: torch.device, seed: int = 0, auto_class: type = AutoModelForCausalLM, **kwargs
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Master weights in float32 (FSDP casts to the compute dtype for forward/backward). With
     --model.random-init only the config and tokenizer are read, and the weights are random
-    (seeded, so every rank builds the same model), initialised on `device`."""
+    (seeded, so every rank builds the same model), initialised on `device`. `kwargs` go to the
+    config (e.g. num_labels for a reward model built with AutoModelForSequenceClassification)."""
     reason = None if Path(cfg.name_or_path).exists() else hub_unavailable()
     if reason:
         raise ModelLoadError(_advice(cfg.name_or_path, reason))
@@ -69,12 +70,12 @@ def load_pretrained(
                 "(use the instruct / chat variant of the model, or add a chat_template to its tokenizer_config.json)"
             )
         if cfg.random_init:
-            config = AutoConfig.from_pretrained(cfg.name_or_path)
+            config = AutoConfig.from_pretrained(cfg.name_or_path, **kwargs)
             torch.manual_seed(seed)
             with torch.device(device):
-                lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
+                lm = auto_class.from_config(config, dtype=torch.float32, attn_implementation=attn)
         else:
-            lm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.float32, attn_implementation=attn)
+            lm = auto_class.from_pretrained(cfg.name_or_path, dtype=torch.float32, attn_implementation=attn, **kwargs)
     except OSError as e:
         raise ModelLoadError(_advice(cfg.name_or_path, str(e))) from e
     tokenizer.padding_side = "left"

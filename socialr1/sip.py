@@ -42,5 +42,9 @@ class SIPFormat:
         """A well-formed completion from one text per stage and the chosen letter."""
         if len(stage_texts) != len(self.stages):
             raise ValueError(f"expected {len(self.stages)} stage texts, got {len(stage_texts)}")
-        body = "\n".join(f"{self.stage_header(i)} {t.strip()}" for i, t in enumerate(stage_texts))
+        body = self.think_body(list(enumerate(stage_texts)))
         return f"{self.think_open}\n{body}\n{self.think_close}\n{self.answer_open}{letter}{self.answer_close}"
+
+    def think_body(self, stages: Sequence[tuple[int, str]]) -> str:
+        """The reasoning inside the think tags: one line per (stage index, text), in the given order."""
+        return "\n".join(f"{self.stage_header(i)} {t.strip()}" for i, t in stages)
