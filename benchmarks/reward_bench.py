@@ -1,17 +1,23 @@
-"""Vectorized SIP reward vs the per-sample reference on one rollout batch.
+"""Reward speed: the vectorized SIP reward vs the per-sample reference, and the LLM judge.
 
-B = 64 prompts x 5 completions of up to 2,048 tokens (fuzzed SIP traces padded with reasoning
+Lexical part: B = 64 prompts x 5 completions of up to 2,048 tokens (fuzzed SIP traces padded with reasoning
 sentences, some truncated), tiny BPE tokenizer. Checks the outputs are identical, then prints
 median wall-clock and process CPU times and their ratios, for the vectorized reward with 1 torch
 thread (the RewardConfig.cpu_threads default) and with torch's default thread count. The reference
 is timed from token ids too (decode + score per row); per-item targets are computed once
 beforehand on both sides, as the trainer does.
 
-    python benchmarks/reward_bench.py [--repeats 5]
+Judge part (--judge): --reward.formula social-r1 --reward.structure judge on 320 completions of
+about 1,000 tokens, against a local OpenAI-compatible endpoint (tests/reward_server.py on
+127.0.0.1) that answers each request after a fixed delay; wall time of one `score` call at the
+default concurrency against concurrency 1 (serial).
+
+    python benchmarks/reward_bench.py [--repeats 5] [--judge] [--delay 0.2]
 """
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
 import platform
 import random
@@ -25,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from socialr1 import rewards_fuzz as fuzz  # noqa: E402
-from socialr1 import rewards_reference as ref  # noqa: E402
-from socialr1.rewards import RewardConfig, SIPReward  # noqa: E402
+from tests import rewards_fuzz as fuzz  # noqa: E402
+from tests import rewards_reference as ref  # noqa: E402
+from tests.reward_server import Reply, RewardServer  # noqa: E402
+from socialr1.rewards import JudgeConfig, RewardConfig, SIPReward  # noqa: E402
 from socialr1.sip import SIPFormat  # noqa: E402
 from socialr1.synthetic import generate_items  # noqa: E402
 from socialr1.tiny import build_tokenizer  # noqa: E402
@@ -57,7 +64,12 @@ def timed(fn, repeats: int) -> tuple[float, float, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--judge", action="store_true", help="time the LLM judge instead")
+    parser.add_argument("--delay", type=float, default=0.2, help="seconds the endpoint takes per request")
     args = parser.parse_args()
+    if args.judge:
+        judge_speed(args.delay)
+        return
 
     fmt, cfg = SIPFormat(), RewardConfig()
     items = generate_items(PROMPTS, seed=0)
@@ -121,6 +133,45 @@ def main() -> None:
     print("component means:", {k: round(v.mean().item(), 3) for k, v in want.items()})
     if not exact or diff > 1e-5:
         raise SystemExit("vectorized and reference rewards differ")
+
+
+def judge_speed(delay: float, n: int = 320) -> None:
+    fmt = SIPFormat()
+    items = generate_items(n // GROUP, seed=0)
+    tokenizer = build_tokenizer([fmt.render(it.gold_stages, it.answer_letter) for it in items])
+    rng = random.Random(0)
+    filler = [s for it in items for s in it.gold_stages]
+    texts = [
+        fmt.render(fuzz.good_trace(it, fmt, rng, filler, extra=rng.randint(10, 14)), it.answer_letter)
+        for it in items
+        for _ in range(GROUP)
+    ]
+    ids, mask = fuzz.tokenize_batch(tokenizer, texts, rng, MAX_TOKENS, truncate_p=0.0)
+    item_index = torch.arange(len(items)).repeat_interleave(GROUP)
+    lengths = mask.sum(1)
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    print(f"{len(texts)} completions, tokens per row: median {int(lengths.median())}, min {int(lengths.min())}, max {int(lengths.max())}")
+    urls: multiprocessing.Queue = multiprocessing.Queue()
+    server = multiprocessing.Process(target=_serve, args=(delay, urls), daemon=True)  # its own GIL
+    server.start()
+    url = urls.get()
+    for concurrency in (JudgeConfig.concurrency, 1):
+        judge = JudgeConfig(base_url=url + "/v1", model="judge", concurrency=concurrency)
+        reward = SIPReward(tokenizer, RewardConfig(formula="social-r1", judge=judge), fmt=fmt)
+        feats = reward.encode_items(items)
+        start = time.perf_counter()
+        out = reward.score(ids, mask, feats, item_index, 0)
+        wall = time.perf_counter() - start
+        asked = int((out["structure"] > 0).sum())
+        print(f"concurrency {concurrency}: {asked} completions judged ({delay * 1e3:.0f} ms a request), wall {wall:.2f} s, "
+              f"serial sum of delays {asked * delay:.1f} s, judge failures {int(out['judge_failed'].sum())}")
+    server.terminate()
+
+
+def _serve(delay: float, urls: multiprocessing.Queue) -> None:
+    with RewardServer(lambda kind, text, attempt: Reply([0.5], delay=delay)) as server:
+        urls.put(server.url)
+        server.thread.join()
 
 
 if __name__ == "__main__":

@@ -278,12 +278,20 @@ def _demo() -> TrainConfig:
 
 
 def _socialr1_8b() -> TrainConfig:
-    return TrainConfig(model=ModelConfig(name_or_path="Qwen/Qwen3-8B"), output_dir="runs/socialr1-8b")
+    return TrainConfig(
+        model=ModelConfig(name_or_path="Qwen/Qwen3-8B"), reward=RewardConfig(preset="social-r1"), output_dir="runs/socialr1-8b"
+    )
 
 
+# The paper's reward needs an LLM judge and a trained reward model; without --reward.judge.base-url
+# and --reward.rm.path (or --reward.rm.url) the run says so at start-up and uses the lexical scorers.
+PAPER_REWARD = "Social-R1's reward: judge and reward model where --reward.judge.* / --reward.rm.* are given, else lexical"
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
-    "socialr1-4b": ("Paper recipe: Qwen3-4B, G=5, beta 0.04, lr 5e-7, 600 steps (default).", TrainConfig()),
-    "socialr1-8b": ("Paper recipe on Qwen3-8B.", _socialr1_8b()),
+    "socialr1-4b": (
+        f"Paper recipe: Qwen3-4B, G=5, beta 0.04, lr 5e-7, 600 steps; {PAPER_REWARD} (default).",
+        TrainConfig(reward=RewardConfig(preset="social-r1")),
+    ),
+    "socialr1-8b": (f"Paper recipe on Qwen3-8B; {PAPER_REWARD}.", _socialr1_8b()),
     "demo": ("Offline CPU demo: tiny Qwen3, generated false-belief items, a few minutes.", _demo()),
 }
 

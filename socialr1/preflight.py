@@ -12,8 +12,8 @@ LOCAL_PREFIXES = ("/", ".", "~")  # a name starting so is a path, never a hub na
 def check_inputs(cfg: TrainConfig) -> None:
     if not cfg.model.tiny:
         _check_model_dir(cfg.model.name_or_path, "--model.name-or-path")
-    if cfg.reward.content_model:
-        _check_model_dir(cfg.reward.content_model, "--reward.content-model")
+    if cfg.reward.content_scorer == "model":
+        _check_model_dir(cfg.reward.rm.path, "--reward.rm.path")
     _check_writable(Path(cfg.output_dir))
 
 

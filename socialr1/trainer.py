@@ -114,9 +114,15 @@ class Trainer:
             losses = warm_start(lm, self.prompts, targets, self.pad_id, cfg.warmstart, cfg.seed, self.world.is_main)
             self.log.print(f"warm start: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps")
 
-        self.reward = SIPReward(self.tokenizer, cfg.reward, total_steps=cfg.steps, fmt=cfg.sip, prefix=self.prefill)
+        self.reward = SIPReward(
+            self.tokenizer, cfg.reward, total_steps=cfg.steps, fmt=cfg.sip, prefix=self.prefill, device=self.world.device
+        )
+        self.log.print(self.reward.describe())
         self.features = self.reward.encode_items(self.items).to(self.world.device)
-        self.eval_features = self.reward.encode_items(self.eval_items).to(self.world.device) if self.eval_items else None
+        # Eval reads only format and accuracy: the same formula, without calls to a judge or reward model.
+        offline = dataclasses.replace(cfg.reward, structure="lexical", content="lexical")
+        self.eval_reward = SIPReward(self.tokenizer, offline, total_steps=cfg.steps, fmt=cfg.sip, prefix=self.prefill)
+        self.eval_features = self.eval_reward.encode_items(self.eval_items).to(self.world.device) if self.eval_items else None
         if cfg.model.activation_checkpointing:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = self._shard(lm)
@@ -386,6 +392,9 @@ class Trainer:
                "reward/zero_std_frac": zero_std_fraction(scores["total"], self.cfg.rollout.group_size)}
         for name, values in scores.items():
             out.update(mean_std(f"reward/{name}", values))
+        for name in ("judge", "content"):  # per-step counts, over all ranks (scores are gathered)
+            if f"{name}_failed" in scores:
+                out[f"reward/{name}_failures"] = scores[f"{name}_failed"].sum().item()
         return out
 
     def _log_samples(self, step: int, batch: Rollout, scores: dict[str, torch.Tensor]) -> None:
@@ -394,7 +403,8 @@ class Trainer:
             item = self.items[int(batch.item_index[row])]
             text = self.tokenizer.decode(batch.completion_ids[row][batch.completion_mask[row].bool()])
             head = f"Q: {item.question}  gold: {item.answer_letter}  reward: {scores['total'][row].item():.3f}"
-            self.log.text(step, f"samples/{row // g}", f"{head}\n\n{text}")
+            judge = self.reward.judge_replies[row] if row < len(self.reward.judge_replies) else ""
+            self.log.text(step, f"samples/{row // g}", f"{head}\n\n{text}" + (f"\n\njudge: {judge}" if judge else ""))
 
     # ---- the run -----------------------------------------------------------------------------
     def run_eval(self, step: int) -> dict[str, float]:
@@ -402,7 +412,7 @@ class Trainer:
         self.policy.eval()
         with D.gathered(self.policy):
             result = evaluate(
-                self.policy.lm, self.world.device, self.eval_items, self.eval_prompts, self.reward,
+                self.policy.lm, self.world.device, self.eval_items, self.eval_prompts, self.eval_reward,
                 self.eval_features, r.prompts_per_step * r.group_size // self.world.size,
                 r.max_new_tokens, self.pad_id, self.stop_ids,
             )

@@ -218,8 +218,8 @@ def test_bad_input_unwritable_output_dir(tmp_path):
 
 
 def test_bad_input_reward_model_path(tmp_path):
-    msg = run_main("demo", "--reward.content-model", str(tmp_path / "rm"), "--output-dir", str(tmp_path / "o"))
-    assert msg == f"error: --reward.content-model {tmp_path / 'rm'}: no such directory"
+    msg = run_main("demo", "--reward.rm.path", str(tmp_path / "rm"), "--output-dir", str(tmp_path / "o"))
+    assert msg == f"error: --reward.rm.path {tmp_path / 'rm'}: no such directory"
 
 
 def test_bad_input_resume_without_training_state(tmp_path):

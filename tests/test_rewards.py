@@ -1,23 +1,26 @@
 """The vectorized SIP reward: equal to the per-sample reference on fuzzed corpora, hard to game,
 robust to arbitrary token sequences, and usable from token ids or from text."""
 
+import dataclasses
 import math
 import random
 
 import pytest
 import torch
 
-from socialr1 import rewards_fuzz as fuzz
-from socialr1 import rewards_reference as ref
 from socialr1.items import MCQItem
-from socialr1.rewards import RewardConfig, SIPReward, _token_bytes
+from socialr1.rewards import RewardConfig, SIPReward
+from socialr1.rewards.lexical import _token_bytes
 from socialr1.sip import SIPFormat
 from socialr1.synthetic import generate_items
 from socialr1.tiny import build_tokenizer
+from tests import rewards_fuzz as fuzz
+from tests import rewards_reference as ref
 
 FMT = SIPFormat()
-ITEMS = generate_items(120, seed=3)
+ITEMS = generate_items(120, seed=3) + [dataclasses.replace(it, story="") for it in generate_items(12, seed=4)]
 KEYS = ("total", "format", "accuracy", "structure", "content", "length")
+SOCIAL_KEYS = (*KEYS, "tau", "adj", "lp", "rp", "w_s", "w_c")
 TOTAL_STEPS = 100
 
 
@@ -28,43 +31,54 @@ def tokenizer():
 
 
 def reference(tokenizer, ids, mask, items, index, step, config, fmt=FMT) -> dict[str, torch.Tensor]:
-    """The per-sample reference on the decoded rows of a token batch."""
+    """The per-sample reference on the decoded rows of a token batch; under social-r1 its lexical
+    structure and content stand in for S and C, as in SIPReward."""
     rows, targets = [], {}
     for row, m, i in zip(ids.tolist(), mask.tolist(), index.tolist()):
         n = sum(m)
         text = tokenizer.decode(row[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
         target = targets.setdefault(i, ref.item_targets(items[i], config))
-        rows.append(ref.reference_scores(text, target, n, step, TOTAL_STEPS, config, fmt))
-    return {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in KEYS}
+        scores = ref.reference_scores(text, target, n, step, TOTAL_STEPS, config, fmt)
+        if config.formula_used == "social-r1":
+            lo, hi = config.social_r1.lexical_content_range
+            content = lo + (hi - lo) * scores["content"]
+            scores = ref.social_r1_scores(text, items[i].answer, step, scores["structure"], content, config.social_r1, fmt)
+        rows.append(scores)
+    return {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in rows[0]}
 
 
 def assert_same(vec: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert set(vec) == set(want)
     for k in ("format", "accuracy"):
         assert torch.equal(vec[k].double(), want[k]), k
-    for k in KEYS:
-        bad = ((vec[k].double() - want[k]).abs() > 1e-6).nonzero().flatten().tolist()
+    for k in want:
+        bad = ((vec[k].double() - want[k]).abs() > 1e-6 * want[k].abs().clamp(min=1)).nonzero().flatten().tolist()  # float32
         assert not bad, (
             f"{k}: rows {bad[:5]}: vectorized {vec[k][bad[:5]].tolist()} reference {want[k][bad[:5]].tolist()}"
         )
 
 
-def fuzz_check(tokenizer, config, fmt, n, seed, max_tokens, step) -> dict[str, torch.Tensor]:
-    texts, index = fuzz.corpus(ITEMS, n, seed, fmt, extra=lambda rng: rng.choice([0, 0, 1, 3]))
+def fuzz_check(
+    tokenizer, config, fmt, n, seed, max_tokens, steps, extra=(0, 0, 1, 3), batch=400
+) -> dict[str, torch.Tensor]:
+    """Vectorized = reference on n fuzzed completions, in batches scored at steps[k] in turn."""
+    texts, index = fuzz.corpus(ITEMS, n, seed, fmt, extra=lambda rng: rng.choice(extra))
     reward = SIPReward(tokenizer, config, total_steps=TOTAL_STEPS, fmt=fmt)
     feats = reward.encode_items(ITEMS)
     rng = random.Random(seed)
     seen = []
-    for s in range(0, n, 400):
-        ids, mask = fuzz.tokenize_batch(tokenizer, texts[s : s + 400], rng, max_tokens)
-        index_t = torch.tensor(index[s : s + 400])
+    for k, s in enumerate(range(0, n, batch)):
+        ids, mask = fuzz.tokenize_batch(tokenizer, texts[s : s + batch], rng, max_tokens)
+        index_t = torch.tensor(index[s : s + batch])
+        step = steps[k % len(steps)]
         vec = reward.score(ids, mask, feats, index_t, step)
         assert_same(vec, reference(tokenizer, ids, mask, ITEMS, index_t, step, config, fmt))
         seen.append(vec)
-    return {k: torch.cat([v[k] for v in seen]) for k in KEYS}
+    return {k: torch.cat([v[k] for v in seen]) for k in seen[0]}
 
 
 def test_fuzzed_corpus_matches_reference(tokenizer):
-    scores = fuzz_check(tokenizer, RewardConfig(), FMT, n=4000, seed=0, max_tokens=320, step=50)
+    scores = fuzz_check(tokenizer, RewardConfig(), FMT, n=4000, seed=0, max_tokens=320, steps=[50])
     # the corpus exercises every branch: both outcomes of format and accuracy, partial structure
     for k in ("format", "accuracy"):
         assert 0.2 < scores[k].mean() < 0.9, k
@@ -90,8 +104,69 @@ def test_other_markers_and_settings_match_reference(tokenizer):
         max_entities=3,
         copy_tolerance=0.0,
     )
-    scores = fuzz_check(tokenizer, config, fmt, n=800, seed=1, max_tokens=200, step=40)
+    scores = fuzz_check(tokenizer, config, fmt, n=800, seed=1, max_tokens=200, steps=[40])
     assert scores["format"].mean() > 0.2
+
+
+OTHER_MARKERS = SIPFormat(think_open="<reasoning>", think_close="</reasoning>", answer_open="«Ans»", answer_close="«/Ans»")
+
+
+@pytest.mark.parametrize("fmt, n", [(FMT, 810), (OTHER_MARKERS, 405)])
+def test_social_r1_formula_matches_reference(tokenizer, fmt, n):
+    """Social-R1's formula (lexical S and C) on long, repetitive, cut and damaged traces, at steps
+    before, inside and after the curriculum."""
+    config = RewardConfig(formula="social-r1")
+    scores = fuzz_check(
+        tokenizer, config, fmt, n, seed=5, max_tokens=1400, steps=[0, 120, 300], extra=(0, 1, 3, 8, 20), batch=n // 3
+    )
+    assert set(scores) == set(SOCIAL_KEYS)
+    for k in ("format", "accuracy"):
+        assert 0.2 < scores[k].mean() < 0.9, k
+    lp, rp = scores["lp"], scores["rp"]
+    assert (lp < 0.1).any() and (lp > 0.9).any() and ((lp > 0.1) & (lp < 0.9)).any()  # outside, inside, on the slope
+    assert (rp < 0.9).float().mean() > 0.05 and (rp == 1).float().mean() > 0.3
+    assert scores["w_s"].unique().tolist() == pytest.approx([1.0, 1.4, 2.0])  # steps 300, 120, 0
+
+
+def test_question_only_items(tokenizer):
+    """Items without a story (data.py allows them) score like any other, alone or in a batch."""
+    reward = SIPReward(tokenizer, RewardConfig(), total_steps=TOTAL_STEPS)
+    bare = [dataclasses.replace(it, story="") for it in ITEMS[:4]]
+    texts = [genuine(it) for it in bare]
+    args = ([it.answer_letter for it in bare], [""] * 4, 100, [it.question for it in bare], [it.options for it in bare])
+    s = reward.score_texts(texts, *args)
+    assert s["format"].tolist() == [1] * 4 and s["accuracy"].tolist() == [1] * 4 and (s["content"] > 0).all()
+
+
+@pytest.mark.parametrize("formula, n_keys", [("sip", 6), ("social-r1", 12)])
+def test_empty_batch(tokenizer, formula, n_keys):
+    reward = SIPReward(tokenizer, RewardConfig(formula=formula))
+    s = reward.score(torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, 3), reward.encode_items(ITEMS[:2]), torch.zeros(0, dtype=torch.long), 0)
+    assert len(s) == n_keys and all(v.shape == (0,) for v in s.values())
+
+
+def test_additive_total_by_hand(tokenizer):
+    """The additive total of components known exactly: 0.5 format + 1 accuracy + tau (0.5 structure
+    + 0.5 content) + 0.25 length, with length from the token count's window (no word repeats)."""
+    config = RewardConfig(mode="additive")
+    reward = SIPReward(tokenizer, config, total_steps=TOTAL_STEPS)
+    item = ITEMS[0]
+    gold, wrong = item.answer_letter, next(x for x in item.letters if x != item.answer_letter)
+    texts = {
+        "no reasoning": f"<think>\n</think>\n<Answer>{gold}</Answer>",  # F 1, acc 1, S 0, C 0
+        "headers only": FMT.render(["", "", "", ""], wrong),  # F 1, acc 0, S 0.5 (all in order, none good), C 0
+        "no format": f"The answer is {gold}.",  # all 0 but length
+    }
+    parts = {"no reasoning": (1, 1, 0.0), "headers only": (1, 0, 0.5), "no format": (0, 0, 0.0)}
+    for step, tau in ((10, 0.0), (50, 0.5), (100, 1.0)):
+        s = reward.score_texts(list(texts.values()), [gold] * 3, [item.story] * 3, step, [item.question] * 3, [item.options] * 3)
+        for row, (name, text) in enumerate(texts.items()):
+            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            window = 1 / (1 + math.exp(-10 * (n - 32) / 736)) * (1 - 1 / (1 + math.exp(-10 * (n - 768) / 736)))
+            fmt_ok, acc, structure = parts[name]
+            want = 0.5 * fmt_ok + 1.0 * acc + tau * 0.5 * structure + 0.25 * window
+            assert s["total"][row].item() == pytest.approx(want, abs=1e-6), (name, step)
+            assert (s["format"][row], s["accuracy"][row], s["structure"][row], s["content"][row]) == (fmt_ok, acc, structure, 0)
 
 
 def genuine(item: MCQItem) -> str:
@@ -266,9 +341,9 @@ def test_byte_table_matches_decode(tokenizer):
         and pieces[tokenizer.pad_token_id] == b""
     )
     for i, piece in enumerate(pieces):
-        entry = reward.token_table[i].item()
+        entry = reward.lexical.token_table[i].item()
         start, n = entry >> 16, entry & 0xFFFF
-        assert bytes((reward.vocab_packed[start : start + n] & 255).tolist()) == piece
+        assert bytes((reward.lexical.vocab_packed[start : start + n] & 255).tolist()) == piece
         want = tokenizer.decode([i], skip_special_tokens=True, clean_up_tokenization_spaces=False)
         if "\ufffd" not in want:  # a lone piece of a multi-byte character decodes to U+FFFD
             assert piece.decode() == want, i
@@ -287,48 +362,9 @@ def test_curriculum_and_length_window(tokenizer):
     assert late["total"].item() == pytest.approx(
         late["length"].item() * (1 + 0.5 * late["structure"].item() + 0.5 * late["content"].item())
     )
-    window = reward._length(torch.tensor([0, 32, 400, 768, 2000]))
+    window = reward.lexical._length(torch.tensor([0, 32, 400, 768, 2000]))
     assert window[1].item() == pytest.approx(0.5 * (1 - 1 / (1 + math.exp(10))), rel=1e-6)
     assert window[2] > 0.98 and window[0] < window[1] and window[4] < 0.01
-
-
-def test_content_model_scores_stage_segments(tokenizer, tmp_path):
-    from transformers import AutoModelForSequenceClassification, Qwen3Config
-
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    items = ITEMS[:6]
-    texts = [genuine(it) for it in items[:3]] + [
-        FMT.render([it.gold_stages[0], "", "", it.gold_stages[3]], it.answer_letter) for it in items[3:]
-    ]
-    args = (
-        [it.answer_letter for it in items],
-        [it.story for it in items],
-        100,
-        [it.question for it in items],
-        [it.options for it in items],
-    )
-    small = SIPReward(
-        tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=2), total_steps=100
-    ).score_texts(texts, *args)
-    large = SIPReward(
-        tokenizer, RewardConfig(content_model=str(tmp_path), content_model_batch_size=64), total_steps=100
-    ).score_texts(texts, *args)
-    assert torch.allclose(small["content"], large["content"], atol=1e-5)
-    assert ((small["content"] > 0) & (small["content"] < 1)).all()
-    assert (small["content"][3:] <= 0.5).all()  # two of four stages empty: at most half
 
 
 def test_rejects_settings_it_cannot_score(tokenizer):

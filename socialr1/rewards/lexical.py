@@ -1,98 +1,34 @@
-"""SIP rewards for a whole rollout batch at once, on token-id tensors, on the rollouts' device.
+"""The lexical SIP scorers (format, accuracy, structure, content, length) for a whole rollout
+batch at once, on token-id tensors, on the rollouts' device.
 
 A batch [B, T] of token ids becomes one flat byte stream (rows back to back, NUL-separated) via a
 per-vocabulary byte table built once from the tokenizer, so markers, whitespace and words are found
 exactly, whatever the BPE split. Markers are matched at candidate bytes (those that start one),
 words are hashed with a polynomial hash taken from prefix sums, and per-row questions ("is this
 word in this row's story?") become lookups of keys that carry the row in their high bits. Per-item
-data is tokenised into padded key tensors once by `encode_items`. Every definition is that of the
-per-sample `socialr1.rewards_reference`, which the tests check this module against.
+data is tokenised into padded key tensors once by `encode_items`. The per-sample definitions are
+in tests/rewards_reference.py, written independently, which the tests check this module against.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from tokenizers import decoders
 from transformers import PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from socialr1 import rewards_reference as ref
-from socialr1.items import LETTERS, MCQItem
+from socialr1.items import MCQItem
+from socialr1.rewards.config import RewardConfig
+from socialr1.rewards.constants import CHAR_BASE, CHAR_CODE, HASH_MOD, NGRAM_BASE, WHITESPACE
+from socialr1.rewards.targets import GROUNDED_KEYS, MENTAL_KEYS, STOP_KEYS, item_targets
 from socialr1.sip import SIPFormat
 
 Tensor = torch.Tensor
-KEY_BITS = 31  # word and n-gram keys are < ref.HASH_MOD < 2**31; row << KEY_BITS | key is a per-row key
+KEY_BITS = 31  # word and n-gram keys are < HASH_MOD < 2**31; row << KEY_BITS | key is a per-row key
 BIG = torch.iinfo(torch.int64).max  # ends every sorted search array, so none is empty
-
-
-@dataclass
-class RewardConfig:
-    """SIP reward: total = format * (w_accuracy * accuracy + tau(step) * (w_structure * structure +
-    w_content * content)) * length (multiplicative mode); every component lies in [0, 1]."""
-
-    mode: Literal["multiplicative", "additive"] = "multiplicative"
-    """multiplicative: as above. additive: w_format * format + w_accuracy * accuracy + tau *
-    (w_structure * structure + w_content * content) + w_length * length."""
-    w_accuracy: float = 1.0
-    """Weight of answer correctness."""
-    w_structure: float = 0.5
-    """Weight of the SIP structure score (stages present, in order, each once, non-trivial)."""
-    w_content: float = 0.5
-    """Weight of the SIP content score (each stage grounded in the item)."""
-    w_format: float = 0.5
-    """Weight of the format score (additive mode only; it gates the total in multiplicative mode)."""
-    w_length: float = 0.25
-    """Weight of the length score (additive mode only; it scales the total in multiplicative mode)."""
-    curriculum_start: float = 0.3
-    """Fraction of training steps with tau = 0 (outcome reward only) before the process reward ramps in."""
-    curriculum_end: float = 0.7
-    """Fraction of training steps at which tau reaches 1 (linear ramp from curriculum_start)."""
-    len_min: float = 32.0
-    """Length window: completion length (tokens) at which the rising sigmoid is 0.5."""
-    len_max: float = 768.0
-    """Length window: completion length (tokens) at which the falling sigmoid is 0.5."""
-    len_sharpness: float = 10.0
-    """Length window slope k: sigmoid(k (L - len_min) / W) * (1 - sigmoid(k (L - len_max) / W)),
-    W = len_max - len_min."""
-    rep_ngram: int = 4
-    """Word n-gram size of the repetition penalty (multiplies the length score)."""
-    rep_tolerance: float = 0.2
-    """Share of repeated word n-grams tolerated before the repetition penalty starts (0 at 100%)."""
-    min_stage_words: int = 3
-    """Content words (2+ letters, not stopwords) a stage needs to count as non-trivial."""
-    stage_repeat_penalty: float = 0.25
-    """Structure loses this fraction per extra occurrence of a stage header."""
-    grounding_weight: float = 0.5
-    """Per stage content score: this weight on grounding precision, the rest on the stage-specific term."""
-    mental_target: int = 2
-    """Mental-state words Cue Interpretation needs for full credit on its stage term."""
-    max_entities: int = 12
-    """Cue Encoding should cover this many of the story's most salient words (characters, objects)."""
-    copy_ngram: int = 4
-    """Word n-gram size for detecting verbatim copies of the story inside a stage."""
-    copy_tolerance: float = 0.5
-    """Share of a stage's n-grams copied verbatim from the story tolerated before its content
-    score drops (0 at 100%)."""
-    cpu_threads: int = 1
-    """Torch threads while scoring on CPU (0: leave torch's setting). The reward runs many small,
-    latency-bound ops: extra threads gain little and lose much when the cores are shared."""
-    content_model: str | None = None
-    """Path of a Hugging Face sequence-classification model scoring (story + question, stage
-    segment) pairs; replaces the default token-grounding content scorer when set."""
-    content_model_batch_size: int = 32
-    """Stage segments per forward pass of the content model."""
-    content_model_max_length: int = 512
-    """Token limit of a content-model input (longer pairs are truncated)."""
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.rep_tolerance < 1 and 0 <= self.copy_tolerance < 1):
-            raise ValueError("rep_tolerance and copy_tolerance must lie in [0, 1)")
-        if self.len_max <= self.len_min or min(self.rep_ngram, self.copy_ngram, self.mental_target) < 1:
-            raise ValueError("need len_max > len_min and rep_ngram, copy_ngram, mental_target >= 1")
 
 
 @dataclass
@@ -106,7 +42,7 @@ class ItemFeatures:
     question: Tensor  # [N, Q]
     options: Tensor  # [N, n_opt_max, O]
     story_ngrams: Tensor  # [N, G]
-    prompts: list[str]  # story + question, for the optional content model
+    items: list[MCQItem]  # for the scorers that read text (judge, reward model)
 
     def to(self, device: torch.device | str) -> ItemFeatures:
         return ItemFeatures(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
@@ -119,7 +55,7 @@ def _to(value, device):
 def _padded(rows: Sequence[Iterable[int]], width: int = 1) -> Tensor:
     """Sorted rows padded with HASH_MOD: [len(rows), max(width, longest)]."""
     rows = [sorted(r) for r in rows]
-    out = torch.full((len(rows), max([width, *map(len, rows)])), ref.HASH_MOD, dtype=torch.long)
+    out = torch.full((len(rows), max([width, *map(len, rows)])), HASH_MOD, dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
     return out
@@ -148,14 +84,14 @@ def _token_bytes(tokenizer: PreTrainedTokenizerBase, markers: Iterable[str] = ()
 
 
 def _inverse(base: int) -> int:
-    return pow(base, ref.HASH_MOD - 2, ref.HASH_MOD)
+    return pow(base, HASH_MOD - 2, HASH_MOD)
 
 
 def _mod_powers(base: int, n: int) -> Tensor:
     """[base**j mod HASH_MOD for j < n], by doubling."""
     out = torch.ones(1, dtype=torch.long)
     while len(out) < n:
-        out = torch.cat([out, out * pow(base, len(out), ref.HASH_MOD) % ref.HASH_MOD])
+        out = torch.cat([out, out * pow(base, len(out), HASH_MOD) % HASH_MOD])
     return out[:n]
 
 
@@ -179,7 +115,7 @@ STOP, MENTAL, LEXICON = 1, 2, 4
 
 
 @dataclass
-class _Flat:
+class Flat:
     """A batch of completions as one byte stream: each row's bytes, then a NUL separator, so that
     neither words nor markers run from one row into the next."""
 
@@ -207,7 +143,7 @@ class _Words:
 
 
 @dataclass
-class _Markers:
+class Markers:
     """Occurrences of the markers [think open, think close, answer open, answer close, 4 stage
     headers]; stage headers count only where they end before the row's first think close."""
 
@@ -215,11 +151,27 @@ class _Markers:
     first: Tensor  # [B, 8] first start, or the row end if absent
     region_end: Tensor  # [B] first think close, or the row end
     headers: Tensor  # [H] sorted starts of all stage headers that count
+    pos: Tensor  # [K] bytes that may start a marker, in text order
+    row: Tensor  # [K] their rows
+    hit: Tensor  # [K, 8] which markers start there (headers: only those that count)
 
 
-class SIPReward:
-    """Scores completions of SIP prompts; see RewardConfig for the total and rewards_reference for
-    the definition of every component."""
+@dataclass
+class Parts:
+    """The lexical components [B] (float64, in [0, 1]), and where the stages are."""
+
+    format: Tensor
+    accuracy: Tensor
+    structure: Tensor
+    content: Tensor
+    length: Tensor
+    segments: Tensor  # [B, 4, 2] byte range of each stage's text in the flat stream (empty if absent)
+    good: Tensor  # [B, 4] stages present with enough content words
+
+
+class LexicalScorer:
+    """The byte view of completions (shared by every formula) and the lexical SIP components; see
+    tests/rewards_reference.py for the definition of each."""
 
     _device_tensors = (
         "vocab_packed",
@@ -233,19 +185,17 @@ class SIPReward:
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        config: RewardConfig = RewardConfig(),
-        total_steps: int = 1,
-        fmt: SIPFormat = SIPFormat(),
+        config: RewardConfig,
+        fmt: SIPFormat,
         prefix: str = "",
     ):
-        """prefix: text the generation prompt pre-fills (prompts.prefilled); every completion is
-        scored as continuing it."""
+        """prefix: pre-filled text that every row of the byte view starts with."""
         headers = [fmt.stage_header(k) for k in range(len(fmt.stages))]
         if len(headers) != 4:
             raise ValueError(f"the SIP reward scores four stages, got {fmt.stages}")
         if any(a != b and b.startswith(a) for a in headers for b in headers):
             raise ValueError(f"no stage header may begin another: {headers}")  # keeps stage segments disjoint
-        self.tokenizer, self.config, self.total_steps, self.fmt = tokenizer, config, total_steps, fmt
+        self.tokenizer, self.config, self.fmt = tokenizer, config, fmt
         encoded = [m.encode() for m in (fmt.think_open, fmt.think_close, fmt.answer_open, fmt.answer_close, *headers)]
         self.marker_len = torch.tensor(list(map(len, encoded)))  # [8]
         markers = torch.zeros((8, int(self.marker_len.max())), dtype=torch.long)  # [8, Lm]
@@ -259,8 +209,8 @@ class SIPReward:
         byte_class = torch.tensor(
             [
                 b
-                | ref.CHAR_CODE.get(chr(b), 0) << CODE_SHIFT
-                | NONBLANK_BIT * (chr(b) not in ref.WHITESPACE)
+                | CHAR_CODE.get(chr(b), 0) << CODE_SHIFT
+                | NONBLANK_BIT * (chr(b) not in WHITESPACE)
                 | MARKER_BIT * (b in starts)
                 for b in range(256)
             ]
@@ -273,79 +223,34 @@ class SIPReward:
         if int(lens.max()) >= 1 << 16:
             raise ValueError("a token longer than 65535 bytes")
         flags = {
-            k: STOP * (k in ref.STOP_KEYS) | MENTAL * (k in ref.MENTAL_KEYS) | LEXICON * (k in ref.GROUNDED_KEYS)
-            for k in ref.STOP_KEYS | ref.GROUNDED_KEYS
+            k: STOP * (k in STOP_KEYS) | MENTAL * (k in MENTAL_KEYS) | LEXICON * (k in GROUNDED_KEYS)
+            for k in STOP_KEYS | GROUNDED_KEYS
         }
         self.word_table = _direct_table(flags)
         self._powers: dict[int, Tensor] = {}  # base -> [base**j mod HASH_MOD], grown on demand
-        self._content_model = None
         self._device = torch.device("cpu")
 
     # ------------------------------------------------------------------ items and entry points
 
     def encode_items(self, items: Sequence[MCQItem]) -> ItemFeatures:
-        targets = [ref.item_targets(it, self.config) for it in items]
+        targets = [item_targets(it, self.config.max_entities, self.config.copy_ngram) for it in items]
         n_opt = max(t.n_options for t in targets)
         opt_width = max([1, *(len(o) for t in targets for o in t.options)])
         return ItemFeatures(
             gold=torch.tensor([t.gold for t in targets]),
             n_options=torch.tensor([t.n_options for t in targets]),
-            context=_padded([t.grounded - ref.GROUNDED_KEYS for t in targets]),  # the lexicon is in word_table
+            context=_padded([t.grounded - GROUNDED_KEYS for t in targets]),  # the lexicon is in word_table
             entities=_padded([t.entities for t in targets]),
             question=_padded([t.question for t in targets]),
             options=torch.stack([_padded([*t.options, *[()] * (n_opt - t.n_options)], opt_width) for t in targets]),
             story_ngrams=_padded([t.story_ngrams for t in targets]),
-            prompts=[f"{it.story}\n{it.question}" for it in items],
+            items=list(items),
         )
 
-    def score_texts(
-        self,
-        completions: Sequence[str],
-        answers: Sequence[str],
-        stories: Sequence[str],
-        step: int,
-        questions: Sequence[str] | None = None,
-        options: Sequence[Sequence[str]] | None = None,
-    ) -> dict[str, Tensor]:
-        """Text-level entry: builds items, tokenises and calls `score`. Without `options`, letters
-        up to D (or the gold one) are valid and Response Generation has no option text to cover."""
-        n = len(completions)
-        questions = questions or [""] * n
-        options = options or [[""] * max(4, LETTERS.index(a) + 1) for a in answers]
-        items = [MCQItem(s, q, tuple(o), LETTERS.index(a)) for s, q, o, a in zip(stories, questions, options, answers)]
-        rows = self.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
-        ids = torch.full((n, max([1, *map(len, rows)])), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros(ids.shape, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return self.score(ids, mask, self.encode_items(items), torch.arange(n), step)
-
-    def score(
-        self, completion_ids: Tensor, completion_mask: Tensor, feats: ItemFeatures, item_index: Tensor, step: int
-    ) -> dict[str, Tensor]:
-        """completion_ids, completion_mask: [B, T]; item_index: [B] rows of feats -> dict of [B] float32."""
-        threads = self.config.cpu_threads if completion_ids.device.type == "cpu" else 0
-        with torch.no_grad(), _torch_threads(threads):
-            return self._score(completion_ids, completion_mask, feats, item_index, step)
-
-    def _score(
-        self, completion_ids: Tensor, completion_mask: Tensor, feats: ItemFeatures, item_index: Tensor, step: int
-    ) -> dict[str, Tensor]:
-        self._to(completion_ids.device)
-        feats, items, mask = (
-            feats.to(completion_ids.device),
-            item_index.to(completion_ids.device),
-            completion_mask.bool(),
-        )
+    def parts(self, text: Flat, marks: Markers, mask: Tensor, feats: ItemFeatures, items: Tensor) -> Parts:
+        """The lexical components of a batch: text and marks from `flatten` and `markers`, mask [B, T]
+        the completion mask, feats on the batch's device, items [B] rows of feats."""
         B = len(items)
-        if B == 0:
-            return {
-                k: torch.zeros(0, device=completion_ids.device)
-                for k in ("total", "format", "accuracy", "structure", "content", "length")
-            }
-        text = self._flatten(completion_ids, mask)
-        marks = self._markers(text)
         words = self._words(text)
         chosen = self._choice(text, marks, feats.n_options[items])
         counts, firsts, seg = self._segments(marks)
@@ -354,35 +259,23 @@ class SIPReward:
         content_word = (words.length >= 2) & (words.flags & STOP == 0)
         lexicon, mental = words.flags & LEXICON > 0, words.flags & MENTAL > 0
         per_stage = _per_stage(slot, torch.stack([content_word, content_word & lexicon, mental], 1), B)  # [B, 4, 3]
-        n_content = per_stage[..., 0]
-        structure, good = self._structure(counts, firsts, n_content)
+        structure, good = self._structure(counts, firsts, per_stage[..., 0])
         ngrams = {n: self._ngrams(words, n) for n in {self.config.rep_ngram, self.config.copy_ngram}}
-        if self.config.content_model:
-            content = self._model_content(text, seg, good, feats, items)
-        else:
-            content = self._content(
-                words,
-                stage,
-                slot,
-                content_word & ~lexicon,
-                per_stage,
-                good,
-                feats,
-                items,
-                chosen,
-                ngrams[self.config.copy_ngram],
-            )
-        parts = {
-            "format": self._format(text, marks, chosen).double(),
-            "accuracy": (chosen == feats.gold[items]).double(),
-            "structure": structure,
-            "content": content,
-            "length": self._length(mask.sum(1)) * self._repetition(words, B, *ngrams[self.config.rep_ngram]),
-        }
-        tau = ref.curriculum(step, self.total_steps, self.config)
-        return {k: v.float() for k, v in {"total": ref.combine(parts, tau, self.config), **parts}.items()}
+        content = self._content(
+            words, stage, slot, content_word & ~lexicon, per_stage, good, feats, items, chosen,
+            ngrams[self.config.copy_ngram],
+        )
+        return Parts(
+            format=self._format(text, marks, chosen).double(),
+            accuracy=(chosen == feats.gold[items]).double(),
+            structure=structure,
+            content=content,
+            length=self._length(mask.sum(1)) * self._repetition(words, B, *ngrams[self.config.rep_ngram]),
+            segments=seg,
+            good=good,
+        )
 
-    def _to(self, device: torch.device) -> None:
+    def to_device(self, device: torch.device) -> None:
         if device != self._device:
             for name in self._device_tensors:
                 setattr(self, name, getattr(self, name).to(device))
@@ -390,7 +283,7 @@ class SIPReward:
 
     # ------------------------------------------------------------------ bytes, markers, words
 
-    def _flatten(self, ids: Tensor, mask: Tensor) -> _Flat:
+    def flatten(self, ids: Tensor, mask: Tensor) -> Flat:
         vocab = len(self.token_table) - 2
         ids = torch.where(mask & (ids >= 0) & (ids < vocab), ids, vocab)  # pads, unknown ids: empty
         ids = torch.cat([torch.full_like(ids[:, :1], vocab + 1), ids], 1)  # the prefix starts every row
@@ -412,9 +305,9 @@ class SIPReward:
         packed = self.vocab_packed.index_select(0, torch.cumsum(index, 0, out=index))  # [N]
         end = ends.view(B, T + 1)[:, -1] - 1
         row_len = lens.view(B, T + 1)[:, :-1].sum(1)
-        return _Flat(packed, end - row_len, end, _prefix_sum((packed >> NONBLANK_SHIFT).bitwise_and_(1)))
+        return Flat(packed, end - row_len, end, _prefix_sum((packed >> NONBLANK_SHIFT).bitwise_and_(1)))
 
-    def _markers(self, text: _Flat) -> _Markers:
+    def markers(self, text: Flat) -> Markers:
         B, M, Lm = len(text.start), len(self.marker_len), int(self.marker_len.max())
         cand = torch.nonzero(text.packed >= MARKER_BIT).squeeze(1)  # [K] bytes that may start a marker
         window = _chunks(text.bytes_at(cand[:, None] + torch.arange(Lm, device=cand.device)))  # [K, C]
@@ -428,23 +321,23 @@ class SIPReward:
         first = (
             text.end.repeat_interleave(M).scatter_reduce(0, slot, cand[:, None].expand(-1, M)[hit], "amin").view(B, M)
         )
-        return _Markers(count, first, region_end, cand[hit[:, 4:].any(1)])
+        return Markers(count, first, region_end, cand[hit[:, 4:].any(1)], cand, row, hit)
 
-    def _words(self, text: _Flat) -> _Words:
+    def _words(self, text: Flat) -> _Words:
         N = len(text.packed)
         code = (text.packed >> CODE_SHIFT).bitwise_and_(63)  # [N] 0 outside words
         edges = torch.nonzero(torch.diff(code > 0, prepend=code.new_zeros(1, dtype=torch.bool))).squeeze(1)
         first, stop = edges[0::2].contiguous(), edges[1::2].contiguous()  # alternate; the stream ends with a separator
-        prefix = _prefix_sum(code.mul_(self._pow(ref.CHAR_BASE, N, code.device)))  # [N + 1] sum of code * BASE**pos
-        shifted = (prefix.index_select(0, stop) - prefix.index_select(0, first)) % ref.HASH_MOD  # = key * BASE**first
-        key = shifted * self._pow(_inverse(ref.CHAR_BASE), N, code.device).index_select(0, first) % ref.HASH_MOD
+        prefix = _prefix_sum(code.mul_(self.powers(CHAR_BASE, N, code.device)))  # [N + 1] sum of code * BASE**pos
+        shifted = (prefix.index_select(0, stop) - prefix.index_select(0, first)) % HASH_MOD  # = key * BASE**first
+        key = shifted * self.powers(_inverse(CHAR_BASE), N, code.device).index_select(0, first) % HASH_MOD
         entry = self.word_table.index_select(0, key & (len(self.word_table) - 1))
         flags = torch.where(entry >> 3 == key, entry & 7, 0)
         return _Words(key, first, stop - first, text.row_of(first), flags)
 
     # ------------------------------------------------------------------ components
 
-    def _choice(self, text: _Flat, marks: _Markers, n_options: Tensor) -> Tensor:
+    def _choice(self, text: Flat, marks: Markers, n_options: Tensor) -> Tensor:
         """[B] chosen option index, -1 unless exactly one answer pair holds exactly one valid letter."""
         a, b = marks.first[:, 2] + self.marker_len[2], marks.first[:, 3]  # payload [a, b)
         ok = (marks.count[:, 2] == 1) & (marks.count[:, 3] == 1) & (a <= b)
@@ -454,7 +347,7 @@ class SIPReward:
         ok &= (ns[b] - ns[a] == 1) & (letter >= 0) & (letter < n_options)
         return torch.where(ok, letter, -1)
 
-    def _format(self, text: _Flat, marks: _Markers, chosen: Tensor) -> Tensor:
+    def _format(self, text: Flat, marks: Markers, chosen: Tensor) -> Tensor:
         ns, L = text.n_nonblank, self.marker_len
         to, tc, ao, ac = marks.first[:, :4].unbind(1)
 
@@ -472,7 +365,7 @@ class SIPReward:
             & blank((ac + L[3]).clamp(max=text.end), text.end)
         )
 
-    def _segments(self, marks: _Markers) -> tuple[Tensor, Tensor, Tensor]:
+    def _segments(self, marks: Markers) -> tuple[Tensor, Tensor, Tensor]:
         """Stage header counts [B, 4], first starts [B, 4] (-1 if absent), and segments [B, 4, 2]:
         [first header end, next header start of any stage or the region end); empty if absent."""
         count, first = marks.count[:, 4:], marks.first[:, 4:].contiguous()
@@ -542,9 +435,9 @@ class SIPReward:
         whether each run lies within one row; from prefix sums of key * NGRAM_BASE**position."""
         NW, device = len(words.key), words.key.device
         m = max(NW - n + 1, 0)
-        prefix = _prefix_sum(words.key * self._pow(ref.NGRAM_BASE, NW, device) % ref.HASH_MOD)  # [NW + 1]
-        shifted = (prefix[n : n + m] - prefix[:m]) % ref.HASH_MOD  # = key * NGRAM_BASE**first
-        key = shifted * self._pow(_inverse(ref.NGRAM_BASE), m, device) % ref.HASH_MOD
+        prefix = _prefix_sum(words.key * self.powers(NGRAM_BASE, NW, device) % HASH_MOD)  # [NW + 1]
+        shifted = (prefix[n : n + m] - prefix[:m]) % HASH_MOD  # = key * NGRAM_BASE**first
+        key = shifted * self.powers(_inverse(NGRAM_BASE), m, device) % HASH_MOD
         return key, words.row[:m] == words.row[n - 1 : n - 1 + m]
 
     def _copied(self, words: _Words, stage: Tensor, story_ngrams: Tensor, key: Tensor, valid: Tensor) -> Tensor:
@@ -568,7 +461,7 @@ class SIPReward:
         total = torch.zeros(B, dtype=torch.long, device=device).index_add_(0, row, valid.long())
         return _tolerance(repeated / total.clamp(min=1), self.config.rep_tolerance)
 
-    def _pow(self, base: int, n: int, device: torch.device) -> Tensor:
+    def powers(self, base: int, n: int, device: torch.device) -> Tensor:
         """[n] base**j mod HASH_MOD, from a cache grown by doubling."""
         have = self._powers.get(base)
         if have is None or len(have) < n or have.device != device:
@@ -579,24 +472,6 @@ class SIPReward:
         cfg = self.config
         width, k, L = cfg.len_max - cfg.len_min, cfg.len_sharpness, n_tokens.double()
         return torch.sigmoid(k * (L - cfg.len_min) / width) * (1 - torch.sigmoid(k * (L - cfg.len_max) / width))
-
-    # ------------------------------------------------------------------ optional learned content scorer
-
-    def _model_content(self, text: _Flat, seg: Tensor, good: Tensor, feats: ItemFeatures, items: Tensor) -> Tensor:
-        """[B] mean over stages of P(good segment) from the content model (0 for stages that are not
-        good), batched over the (story + question, header + segment text) pairs of good stages."""
-        if self._content_model is None:
-            self._content_model = _StageClassifier(self.config, good.device)
-        rows, stages = torch.nonzero(good, as_tuple=True)
-        chars = (text.packed & 255).to("cpu", torch.uint8).numpy().tobytes()
-        pairs = [
-            (feats.prompts[i], f"{self.fmt.stage_header(k)} {chars[a:b].decode(errors='replace').strip()}")
-            for i, k, (a, b) in zip(items[rows].tolist(), stages.tolist(), seg[rows, stages].tolist())
-        ]
-        scores = torch.zeros(good.shape, dtype=torch.double, device=good.device)
-        scores[rows, stages] = self._content_model(pairs).to(scores)
-        return scores.mean(1)
-
 
 def _per_stage(slot: Tensor, flags: Tensor, B: int) -> Tensor:
     """[B, 4, k] how many of the words (or n-grams) in buckets slot [n] = row * 5 + stage (4: no
@@ -612,7 +487,7 @@ def _coverage(words: _Words, stage: Tensor, targets: tuple[Tensor, ...], stages:
     tagged = torch.cat(
         [(torch.arange(B, device=device)[:, None] * 4 + k) << KEY_BITS | t for t, k in zip(targets, stages)], 1
     )  # [B, S]
-    valid = torch.cat(targets, 1) != ref.HASH_MOD
+    valid = torch.cat(targets, 1) != HASH_MOD
     where = torch.nonzero(valid.flatten()).squeeze(1)  # the distinct keys among tagged
     inside = torch.nonzero(sum(stage == k for k in stages)).squeeze(1)
     query = (
@@ -644,7 +519,7 @@ class _KeyIndex:
             self.pos[slot[free]] = pending[free]  # among claimants of one slot, one wins
             pending = pending[self.pos[slot] != pending]
             self.rounds += 1
-        self.slot_key = torch.where(self.pos >= 0, keys[self.pos.clamp(min=0)], -1)
+        self.slot_key = torch.cat([keys, keys.new_full((1,), -1)])[self.pos]  # empty slots (-1): the -1 appended
 
     def _home(self, keys: Tensor) -> Tensor:
         return (keys ^ (keys >> KEY_BITS) * 0x9E3779B1) & self.mask  # mixes the row bits into the key bits
@@ -662,48 +537,6 @@ class _KeyIndex:
                 break
             active, query, slot = active[going], query[going], (slot[going] + 1) & self.mask
         return out
-
-
-class _StageClassifier:
-    """A Hugging Face sequence-classification model scoring (prompt, stage segment) pairs in [0, 1]:
-    sigmoid of a single logit, or the probability of the last label."""
-
-    def __init__(self, config: RewardConfig, device: torch.device):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(config.content_model)
-        self.model = AutoModelForSequenceClassification.from_pretrained(config.content_model).to(device).eval()
-        self.batch_size, self.max_length = config.content_model_batch_size, config.content_model_max_length
-        self.device = device
-
-    @torch.no_grad()
-    def __call__(self, pairs: list[tuple[str, str]]) -> Tensor:
-        scores = [torch.zeros(0, device=self.device)]
-        for i in range(0, len(pairs), self.batch_size):
-            prompts, segments = zip(*pairs[i : i + self.batch_size])
-            enc = self.tokenizer(
-                list(prompts),
-                list(segments),
-                truncation=True,
-                max_length=self.max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            logits = self.model(**enc.to(self.device)).logits.float()  # [b, labels]
-            scores.append(torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(-1)[:, -1])
-        return torch.cat(scores)
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run with n torch threads (n <= 0: unchanged)."""
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _prefix_sum(x: Tensor) -> Tensor:
@@ -726,4 +559,25 @@ def _tolerance(frac: Tensor, tolerance: float) -> Tensor:
 def _member(sets: Tensor, row: Tensor, key: Tensor) -> Tensor:
     """[n] whether key [n] is in row `row` [n] of sets [B, S] (padded with HASH_MOD)."""
     tagged = torch.arange(len(sets), device=sets.device)[:, None] << KEY_BITS | sets
-    return _KeyIndex(tagged[sets != ref.HASH_MOD]).find(row << KEY_BITS | key) >= 0
+    return _KeyIndex(tagged[sets != HASH_MOD]).find(row << KEY_BITS | key) >= 0
+
+
+def sip_tau(step: int, total_steps: int, config: RewardConfig) -> float:
+    """Weight of the process terms at `step`: 0 until curriculum_start (a fraction of training),
+    then linear to 1 at curriculum_end (a step function when the two coincide)."""
+    progress = step / max(total_steps, 1)
+    span = config.curriculum_end - config.curriculum_start
+    if span <= 0:
+        return 1.0 if progress >= config.curriculum_start else 0.0
+    return min(1.0, max(0.0, (progress - config.curriculum_start) / span))
+
+
+def sip_total(parts: dict[str, Tensor], tau: float, config: RewardConfig) -> Tensor:
+    """[B] the sip formula's total from the [B] components."""
+    process = tau * (config.w_structure * parts["structure"] + config.w_content * parts["content"])
+    if config.mode == "multiplicative":
+        return parts["format"] * (config.w_accuracy * parts["accuracy"] + process) * parts["length"]
+    return (
+        config.w_format * parts["format"] + config.w_accuracy * parts["accuracy"] + process
+        + config.w_length * parts["length"]
+    )

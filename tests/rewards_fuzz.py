@@ -1,4 +1,4 @@
-"""Fuzzed completions for checking the vectorized reward against the per-sample reference (tests)
+"""Fuzzed completions for checking the vectorized rewards against the per-sample reference (tests)
 and for timing both (benchmarks/reward_bench.py): good SIP traces, then random damage of the
 kinds a policy produces or a reward hacker tries."""
 
@@ -30,7 +30,7 @@ def mutated(item: MCQItem, fmt: SIPFormat, rng: random.Random, filler: Sequence[
     stages = list(enumerate(good_trace(item, fmt, rng, filler, extra)))
     letter = item.answer_letter
     n_mut = rng.choice([0, 0, 1, 1, 2, 3])
-    ops = [rng.randrange(14) for _ in range(n_mut)]
+    ops = [rng.randrange(18) for _ in range(n_mut)]
     for op in ops:
         if op == 0 and stages:  # drop a stage
             stages.pop(rng.randrange(len(stages)))
@@ -91,6 +91,15 @@ def _text_mutation(op: int, text: str, fmt: SIPFormat, item: MCQItem, rng: rando
         return text[: rng.randrange(len(text) + 1)]
     if op == 13:  # whitespace variants
         return text.replace("\n", rng.choice(["\r\n", "\t", " ", "\n\n", ""]))
+    if op == 14:  # trailing whitespace
+        return text + rng.choice(["\n", "\n\n", " \n", "\r\n", "\t"])
+    if op == 15:  # blanks or a lower-case letter before the answer letter
+        return text.replace(fmt.answer_open, fmt.answer_open + rng.choice([" ", "\n ", "\t", "x", " b "]), 1)
+    if op == 16:  # something before the think block
+        return rng.choice([" ", "\n", "ok ", "\ufeff"]) + text
+    if op == 17:  # a stretch of the text said again and again
+        i = rng.randrange(len(text) + 1)
+        return _insert(text, text[i : i + rng.randint(8, 80)] * rng.randint(2, 12), rng)
     return text
 
 

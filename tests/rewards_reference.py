@@ -1,8 +1,7 @@
-"""The SIP reward, defined per sample in plain Python: the specification that the vectorized
-`socialr1.rewards` must reproduce (tests compare the two on fuzzed corpora).
-
-Also home of the word-level vocabulary both sides share: what a word is, how it is hashed, the
-stopword and mental-state lists, and the per-item targets (computed once per item, in Python).
+"""The rewards, defined per sample in plain Python: the specification that the vectorized
+`socialr1.rewards` must reproduce (tests compare the two on fuzzed corpora). Written on its own: it
+shares constants (socialr1.rewards.constants: word lists, hash constants), the config and the
+per-item record type with the vectorized code, never a function, so that a bug on one side cannot hide on both.
 
 The text scored is the completion decoded with special tokens dropped (`<think>` kept; bytes of a
 character cut by truncation decode to U+FFFD). Conventions, chosen so that a byte-level tensor
@@ -19,70 +18,39 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from socialr1.items import LETTERS, MCQItem
+from socialr1.rewards.config import RewardConfig, SocialR1Config
+from socialr1.rewards.constants import (
+    CHAR_BASE, CHAR_CODE, HASH_MOD, MENTAL_WORDS, NGRAM_BASE, REASONING_WORDS, SENTENCE_END, STOPWORDS, WHITESPACE,
+)
+from socialr1.rewards.targets import ItemTargets  # the record only: its fields are computed here
 from socialr1.sip import SIPFormat
 
-if TYPE_CHECKING:
-    from socialr1.rewards import RewardConfig
-
-HASH_MOD = 2**31 - 1  # keys live in [0, HASH_MOD); HASH_MOD itself is free to pad sorted key sets
-CHAR_BASE = 131
-CHAR_CODE = {c: i + 1 for i, c in enumerate("0123456789abcdefghijklmnopqrstuvwxyz")} | {
-    c: i + 11 for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-}  # small codes keep the vectorized prefix sums of code * CHAR_BASE**position far from overflow
-NGRAM_BASE = 1_000_003
-WHITESPACE = " \t\n\r\x0b\x0c"
-WORD_RE = re.compile(r"[A-Za-z0-9]+")
-
-STOPWORDS = frozenset(
-    """a about above after again against all also am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers herself him himself his how i if in into is it its
-    itself just me more most my myself no nor not now of off on once only or other our ours
-    ourselves out over own same she should so some such than that the their theirs them themselves
-    then there these they this those through to too under until up very was we were what when where
-    which while who whom why will with would you your yours yourself yourselves s t d ll m re ve
-    don didn doesn isn wasn weren won wouldn couldn shouldn""".split()
-)
-MENTAL_WORDS = frozenset(
-    """believe believes believed believing belief beliefs think thinks thinking thought thoughts
-    know knows knew known knowing knowledge unaware aware realize realizes realized notice notices
-    noticed expect expects expected expectation assume assumes assumed suppose supposes remember
-    remembers remembered forget forgets forgot mistaken false feel feels felt feeling feelings
-    emotion emotions happy sad angry upset afraid scared worried surprised disappointed embarrassed
-    proud jealous grateful hurt confused relieved nervous annoyed want wants wanted wish wishes
-    wished hope hopes hoped desire desires intend intends intended intention intentions intent goal
-    goals plan plans planned prefer prefers pretend pretends pretended lie lies lied joke joking
-    sarcastic sarcasm polite mean means meant perspective""".split()
-)
-REASONING_WORDS = frozenset(
-    """option options answer question story character characters therefore likely unlikely correct
-    incorrect best fits consistent inconsistent contradicts supports evidence seems implies suggests
-    infer inferred reason""".split()
-)
+WORD = re.compile("[" + re.escape("".join(CHAR_CODE)) + "]+")
 
 
 def word_key(word: str) -> int:
-    """Case-folded polynomial hash of an ASCII word: sum(CHAR_CODE[c_j] * CHAR_BASE**j) mod HASH_MOD."""
-    h, p = 0, 1
-    for ch in word:
-        h = (h + CHAR_CODE[ch] * p) % HASH_MOD
-        p = p * CHAR_BASE % HASH_MOD
+    """sum(CHAR_CODE[c_j] * CHAR_BASE**j) mod HASH_MOD, by Horner's rule from the last character."""
+    h = 0
+    for ch in reversed(word):
+        h = (h * CHAR_BASE + CHAR_CODE[ch]) % HASH_MOD
     return h
 
 
 def ngram_key(keys: Sequence[int]) -> int:
-    """Hash of consecutive word keys: sum(k_j * NGRAM_BASE**j) mod HASH_MOD."""
-    return sum(k * pow(NGRAM_BASE, j, HASH_MOD) for j, k in enumerate(keys)) % HASH_MOD
+    """sum(k_j * NGRAM_BASE**j) mod HASH_MOD, by Horner's rule from the last key."""
+    h = 0
+    for k in reversed(keys):
+        h = (h * NGRAM_BASE + k) % HASH_MOD
+    return h
 
 
-STOP_KEYS = frozenset(map(word_key, STOPWORDS))
-MENTAL_KEYS = frozenset(map(word_key, MENTAL_WORDS))
-GROUNDED_KEYS = MENTAL_KEYS | frozenset(map(word_key, REASONING_WORDS))
+STOP_KEYS = {word_key(w) for w in STOPWORDS}
+MENTAL_KEYS = {word_key(w) for w in MENTAL_WORDS}
+LEXICON_KEYS = MENTAL_KEYS | {word_key(w) for w in REASONING_WORDS}
 
 
 @dataclass(frozen=True)
@@ -97,7 +65,7 @@ class Word:
 
 
 def words(text: str) -> list[Word]:
-    return [Word(m.start(), word_key(m.group()), len(m.group())) for m in WORD_RE.finditer(text)]
+    return [Word(m.start(), word_key(m.group()), len(m.group())) for m in WORD.finditer(text)]
 
 
 def ngrams(ws: Sequence[Word], n: int) -> list[tuple[int, int, int]]:
@@ -107,52 +75,36 @@ def ngrams(ws: Sequence[Word], n: int) -> list[tuple[int, int, int]]:
     ]
 
 
-def content_keys(text: str) -> frozenset[int]:
+def content_set(text: str) -> frozenset[int]:
     return frozenset(w.key for w in words(text) if w.is_content)
 
 
-@dataclass(frozen=True)
-class ItemTargets:
-    """What the reward checks a completion against, derived once per item."""
-
-    gold: int
-    n_options: int
-    grounded: frozenset[int]  # content words of story, question and options, and the lexicon
-    entities: tuple[int, ...]  # the story's characters and objects, to be covered by Cue Encoding
-    question: frozenset[int]  # to be covered by Goal Clarification
-    options: tuple[frozenset[int], ...]  # the chosen one to be covered by Response Generation
-    story_ngrams: frozenset[int]  # verbatim copies of these are penalised
-
-
 def story_entities(story: str, max_entities: int) -> tuple[int, ...]:
-    """Salient story words, the proxy for characters and objects: content words that recur or are
-    capitalised mid-sentence (names); most frequent first, ties by first mention."""
-    count: Counter[int] = Counter()
-    first: dict[int, int] = {}
-    named: set[int] = set()
-    for m in WORD_RE.finditer(story):
-        w = Word(m.start(), word_key(m.group()), len(m.group()))
+    """Content words that occur at least twice, or once capitalised with something other than a
+    sentence end before it (names); by count, then by first occurrence; at most max_entities."""
+    seen: dict[int, list[int]] = {}  # key -> [count, first position, named]
+    for w in words(story):
         if not w.is_content:
             continue
-        count[w.key] += 1
-        first.setdefault(w.key, w.start)
-        before = story[: m.start()].rstrip()
-        if m.group()[0].isupper() and before and before[-1] not in ".!?\"'":
-            named.add(w.key)
-    salient = [k for k in count if count[k] >= 2 or k in named]
-    return tuple(sorted(salient, key=lambda k: (-count[k], first[k]))[:max_entities])
+        entry = seen.setdefault(w.key, [0, w.start, 0])
+        entry[0] += 1
+        previous = re.search(r"(\S)\s*$", story[: w.start])
+        if story[w.start].isupper() and previous and previous.group(1) not in SENTENCE_END:
+            entry[2] = 1
+    ranked = sorted((-c, first, k) for k, (c, first, named) in seen.items() if c >= 2 or named)
+    return tuple(k for _, _, k in ranked[:max_entities])
 
 
 def item_targets(item: MCQItem, config: RewardConfig) -> ItemTargets:
-    story_words = words(item.story)
     return ItemTargets(
         gold=item.answer,
         n_options=len(item.options),
-        grounded=content_keys("\n".join((item.story, item.question, *item.options))) | GROUNDED_KEYS,
+        grounded=content_set(item.story) | content_set(item.question)
+        | frozenset().union(*map(content_set, item.options)) | LEXICON_KEYS,
         entities=story_entities(item.story, config.max_entities),
-        question=content_keys(item.question),
-        options=tuple(content_keys(o) for o in item.options),
-        story_ngrams=frozenset(k for _, _, k in ngrams(story_words, config.copy_ngram)),
+        question=content_set(item.question),
+        options=tuple(map(content_set, item.options)),
+        story_ngrams=frozenset(k for _, _, k in ngrams(words(item.story), config.copy_ngram)),
     )
 
 
@@ -337,3 +289,43 @@ def reference_scores(
         "length": length_window(n_tokens, config) * repetition_factor(ws, config),
     }
     return {"total": combine(parts, curriculum(step, total_steps, config), config), **parts}
+
+
+# ---------------------------------------------------------------- Social-R1's published reward
+
+
+def social_r1_scores(
+    text: str,
+    gold: int,
+    step: int,
+    structure: float | None,
+    content: float | None,
+    config: SocialR1Config,
+    fmt: SIPFormat = SIPFormat(),
+) -> dict[str, float]:
+    """Every component of Social-R1's reward for one decoded completion. structure S in [0, 1] and
+    content C (a raw reward-model score) are given; None means that scorer failed: its term is 0."""
+    ws = "[" + re.escape(WHITESPACE) + "]"
+    to, tc, ao, ac = (re.escape(m) for m in (fmt.think_open, fmt.think_close, fmt.answer_open, fmt.answer_close))
+    F = 1.0 if re.search(f"^{to}(.*?){tc}(.*?){ao}(.*?){ac}$", text, re.DOTALL) else 0.0
+    answer = re.search(f"{ao}{ws}*([A-Z])[\\s\\S]*?{ac}", text)
+    em = 1.0 if answer and answer.group(1) == LETTERS[gold] else 0.0
+    think = re.search(f"{to}(.*?){tc}", text, re.DOTALL)
+    T = think.group(1).strip(WHITESPACE) if think else ""
+    L, n = len(T), config.rep_n
+    lp = sigmoid((L - config.len_low) / config.len_softness) * sigmoid((config.len_high - L) / config.len_softness)
+    grams = [T[i : i + n] for i in range(L - n + 1)]
+    rho = (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
+    rp = math.exp(-config.rep_slope * (rho - config.rep_threshold)) if rho > config.rep_threshold else 1.0
+    p = min(1.0, step / config.curriculum_steps)
+    w_s = config.w_structure_start * (1 - p) + config.w_structure_end * p
+    w_c = config.w_content_start * (1 - p) + config.w_content_end * p
+    tau = 1.0 if em else config.tau_wrong
+    adj = max(0.0, content + config.content_shift) ** config.content_power if content is not None else 0.0
+    S = structure if structure is not None else 0.0
+    R = F**config.format_power * (em + tau * (w_s * S + w_c * adj)) * lp * rp
+    R = 0.0 if F < config.format_gate else max(config.floor, R)
+    return {
+        "total": R, "format": F, "accuracy": em, "structure": S, "content": content if content is not None else 0.0,
+        "length": lp * rp, "tau": tau, "adj": adj, "lp": lp, "rp": rp, "w_s": w_s, "w_c": w_c,
+    }
