@@ -18,6 +18,8 @@ from socialr1.reward_model import inputs
 from socialr1.reward_model.config import parse
 from socialr1.reward_model.pairs import FILLER, KINDS, Pair, PairFields, generate_pairs, load_pairs, synthetic_splits, write_jsonl
 from socialr1.reward_model.trainer import RMTrainer, pair_metrics
+from socialr1.rewards.config import RewardModelConfig
+from socialr1.rewards.content import RewardModel, rm_input
 from socialr1.sip import SIPFormat
 from tests.test_distributed import torchrun
 
@@ -78,10 +80,8 @@ def test_template_cuts_stages_and_batched_scores_equal_one_by_one(tokenizer, one
     think = "Cue Encoding: a saw b.\nCue Interpretation: a thinks b.\nGoal Clarification: where.\nResponse Generation: B."
     assert inputs.stage_segments(think, FMT) == think.split("\n")
     assert inputs.stage_segments("no headers here", FMT) == ["no headers here"]
-    ctx = inputs.context("S.", "Q?", ("x", "y"))
-    assert ctx == "Story: S.\nQuestion: Q?\nOptions:\nA. x\nB. y"
-    assert len(inputs.reward_inputs(ctx, think, "stage", FMT)) == 4
-    assert inputs.reward_inputs(ctx, think, "think", FMT) == [f"{ctx}\nReasoning:\n{think}"]
+    assert len(inputs.reward_inputs("S.", "Q?", think, "stage", FMT)) == 4
+    assert inputs.reward_inputs("S.", "Q?", think, "think", FMT) == [rm_input("S.", "Q?", think)]
     assert inputs.budget_groups([2, 2, 2, 1], [10, 10, 30, 5], 60) == [[0, 1], [2], [3]]
 
     from socialr1 import tiny
@@ -93,10 +93,9 @@ def test_template_cuts_stages_and_batched_scores_equal_one_by_one(tokenizer, one
     rm.config.pad_token_id = tokenizer.pad_token_id
     head = inputs.RewardHead(rm)
     pairs = generate_pairs(6, seed=1)
-    contexts = [inputs.context(p.story, p.question, p.options) for p in pairs]
     for unit in ("think", "stage"):
         cfg = inputs.InputConfig(unit=unit, max_length=120)
-        enc = inputs.encode(tokenizer, contexts, [p.rejected for p in pairs], cfg, FMT)
+        enc = inputs.encode(tokenizer, [p.story for p in pairs], [p.question for p in pairs], [p.rejected for p in pairs], cfg, FMT)
         assert all(len(ids) <= 120 for group in enc for ids in group)
         batched = inputs.score(head, enc, tokenizer.pad_token_id, 4000, torch.device("cpu"))
         alone = torch.cat([inputs.score(head, [g], tokenizer.pad_token_id, 1, torch.device("cpu")) for g in enc])
@@ -127,7 +126,7 @@ def test_pair_files_load_with_mapped_fields_and_bad_rows_name_file_row_field(tmp
 
 
 def test_training_lowers_the_loss_and_grpo_scoring_of_the_checkpoint_matches_eval(tmp_path, world, one_thread):
-    cfg = parse([*TINY, "--steps", "6", "--optim.lr", "3e-3", "--model.activation-checkpointing", "--output-dir", str(tmp_path / "run")])
+    cfg = parse([*TINY, "--steps", "8", "--optim.lr", "3e-3", "--model.activation-checkpointing", "--output-dir", str(tmp_path / "run")])
     trainer = RMTrainer(cfg)
     zero = trainer.eval_scores()
     before = pair_metrics(zero, trainer.loss(zero))
@@ -147,11 +146,16 @@ def test_training_lowers_the_loss_and_grpo_scoring_of_the_checkpoint_matches_eva
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert inputs.InputConfig.of(model) == cfg.input
     held = trainer.eval_pairs
-    contexts = [inputs.context(p.story, p.question, p.options) for p in held for _ in range(2)]
+    stories = [p.story for p in held for _ in range(2)]
+    questions = [p.question for p in held for _ in range(2)]
     thinks = [t for p in held for t in (p.chosen, p.rejected)]
-    scores = inputs.score_texts(inputs.RewardHead(model), tokenizer, inputs.InputConfig.of(model), FMT, contexts, thinks, 4096,
-                                torch.device("cpu"))
+    scores = inputs.score_texts(inputs.RewardHead(model), tokenizer, inputs.InputConfig.of(model), FMT, stories, questions, thinks,
+                                4096, torch.device("cpu"))
     torch.testing.assert_close(scores.view(-1, 2), eval_scores, atol=1e-5, rtol=0)
+    # The GRPO content reward (--reward.content model) loads the checkpoint and scores the same texts alike.
+    grpo = RewardModel(RewardModelConfig(path=str(final), dtype="float32"), torch.device("cpu"))
+    texts = [rm_input(s, q, t.strip()) for s, q, t in zip(stories, questions, thinks)]
+    torch.testing.assert_close(grpo(texts).float().view(-1, 2), eval_scores, atol=1e-5, rtol=0)
 
 
 def test_resume_continues_bitwise(tmp_path, world, one_thread):

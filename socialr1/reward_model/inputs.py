@@ -2,10 +2,11 @@
 shared by reward-model training, its held-out eval and the GRPO content reward, so the model
 scores in GRPO exactly what it was trained on.
 
-A text is the reasoning inside the think tags of a completion. The reward model reads the item
-(story, question, options) and then either the whole reasoning (unit "think", the paper's
-choice) or one SIP stage segment at a time (unit "stage"); the text's score is the mean over its
-inputs. The unit and the token limit are stored in the checkpoint's config, so a scorer that
+A text is the reasoning inside the think tags of a completion. Each input is
+`socialr1.rewards.content.rm_input(story, question, reasoning)`, the template the GRPO content
+reward (`--reward.content model`) scores with, over either the whole reasoning (unit "think", the
+paper's choice) or one SIP stage segment at a time (unit "stage"); the text's score is the mean
+over its inputs. Options are not part of the input. The unit and the token limit are stored in the checkpoint's config, so a scorer that
 loads the checkpoint uses the settings it was trained with."""
 
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from socialr1.items import LETTERS
+from socialr1.rewards.content import rm_input
 from socialr1.sip import SIPFormat
 
 Unit = Literal["think", "stage"]
@@ -37,14 +38,6 @@ class InputConfig:
         return cls(**getattr(model.config, CONFIG_KEY, {}))
 
 
-def context(story: str, question: str, options: Sequence[str] = ()) -> str:
-    """The item as the reward model reads it (options optional)."""
-    text = f"Story: {story}\nQuestion: {question}"
-    if options:
-        text += "\nOptions:" + "".join(f"\n{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    return text
-
-
 def stage_segments(think: str, fmt: SIPFormat) -> list[str]:
     """The think text cut at each stage header (its first occurrence), in text order; the text
     itself when it has no header."""
@@ -54,17 +47,22 @@ def stage_segments(think: str, fmt: SIPFormat) -> list[str]:
     return [think[a:b].strip() for a, b in zip(starts, starts[1:] + [len(think)])]
 
 
-def reward_inputs(ctx: str, think: str, unit: Unit, fmt: SIPFormat) -> list[str]:
+def reward_inputs(story: str, question: str, think: str, unit: Unit, fmt: SIPFormat) -> list[str]:
     """The reward model's input texts for one reasoning text: one, or one per stage segment."""
     parts = [think.strip()] if unit == "think" else stage_segments(think.strip(), fmt)
-    return [f"{ctx}\nReasoning:\n{part}" for part in parts]
+    return [rm_input(story, question, part) for part in parts]
 
 
 def encode(
-    tokenizer: PreTrainedTokenizerBase, contexts: Sequence[str], thinks: Sequence[str], cfg: InputConfig, fmt: SIPFormat
+    tokenizer: PreTrainedTokenizerBase,
+    stories: Sequence[str],
+    questions: Sequence[str],
+    thinks: Sequence[str],
+    cfg: InputConfig,
+    fmt: SIPFormat,
 ) -> list[list[list[int]]]:
     """Token ids of every text's inputs: [text][input][token]."""
-    inputs = [reward_inputs(c, t, cfg.unit, fmt) for c, t in zip(contexts, thinks)]
+    inputs = [reward_inputs(s, q, t, cfg.unit, fmt) for s, q, t in zip(stories, questions, thinks)]
     flat = tokenizer([s for group in inputs for s in group], truncation=True, max_length=cfg.max_length)["input_ids"]
     out, at = [], 0
     for group in inputs:
@@ -140,10 +138,12 @@ def score_texts(
     tokenizer: PreTrainedTokenizerBase,
     cfg: InputConfig,
     fmt: SIPFormat,
-    contexts: Sequence[str],
+    stories: Sequence[str],
+    questions: Sequence[str],
     thinks: Sequence[str],
     token_budget: int,
     device: torch.device,
 ) -> torch.Tensor:
-    """[N] reward-model score of each reasoning text `thinks[i]` given `contexts[i]`."""
-    return score(model, encode(tokenizer, contexts, thinks, cfg, fmt), tokenizer.pad_token_id, token_budget, device)
+    """[N] reward-model score of each reasoning text `thinks[i]` given `stories[i]` and `questions[i]`."""
+    encoded = encode(tokenizer, stories, questions, thinks, cfg, fmt)
+    return score(model, encoded, tokenizer.pad_token_id, token_budget, device)

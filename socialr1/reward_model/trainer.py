@@ -110,14 +110,14 @@ class RMTrainer:
         return rm, tokenizer
 
     def _texts(self, pair: Pair, think: str) -> list[str]:
-        ctx = inputs.context(pair.story, pair.question, pair.options)
-        return inputs.reward_inputs(ctx, think, self.cfg.input.unit, self.cfg.sip)
+        return inputs.reward_inputs(pair.story, pair.question, think, self.cfg.input.unit, self.cfg.sip)
 
     def _encode(self, pairs: list[Pair]) -> list[list[list[int]]]:
         """[2 * pair + (0 chosen, 1 rejected)][input][token]."""
-        contexts = [inputs.context(p.story, p.question, p.options) for p in pairs for _ in range(2)]
+        stories = [p.story for p in pairs for _ in range(2)]
+        questions = [p.question for p in pairs for _ in range(2)]
         thinks = [t for p in pairs for t in (p.chosen, p.rejected)]
-        return inputs.encode(self.tokenizer, contexts, thinks, self.cfg.input, self.cfg.sip)
+        return inputs.encode(self.tokenizer, stories, questions, thinks, self.cfg.input, self.cfg.sip)
 
     # ---- one step ----------------------------------------------------------------------------
     def pair_indices(self, step: int) -> list[int]:
@@ -175,7 +175,7 @@ class RMTrainer:
             # Local mean over this rank's pairs; FSDP averages the ranks' gradients.
             (losses.sum() / len(index)).backward()
             done.append(torch.cat([scores.detach(), losses.detach()[:, None]], 1))
-        grad_norm = self._clip()
+        grad_norm = self._clip().item()  # one host read per step
         self.opt.step()
         self.sched.step()
         stats = D.all_gather_cat(torch.cat(done).float())  # [P, 3]: chosen, rejected, loss
