@@ -140,7 +140,7 @@ def main(cfg: EvalConfig) -> dict:
             asks = expand(bench, count, cfg.seed)
             prompts = encode_prompts(tokenizer, [a.shown for a in asks], cfg.sip, cfg.mode, cfg.thinking == "on")
             start = time.perf_counter()
-            texts, lengths = complete(lm, tokenizer, world.device, prompts, cfg.batch_size, cfg.max_new_tokens,
+            texts, lengths = complete(lm, tokenizer, prompts, cfg.batch_size, cfg.max_new_tokens,
                                       stop_token_ids(tokenizer), show_progress=world.is_main)
             seconds = time.perf_counter() - start
             aggregate = cfg.aggregate or (bench.protocol.aggregate if count == bench.protocol.orders else "mean")

@@ -18,7 +18,6 @@ from socialr1.rollout import Rollout, greedy
 
 def generate(
     model: nn.Module,
-    device: torch.device,
     prompts: Sequence[list[int]],
     batch_size: int,
     max_new_tokens: int,
@@ -40,7 +39,6 @@ def generate(
 def complete(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    device: torch.device,
     prompts: Sequence[list[int]],
     batch_size: int,
     max_new_tokens: int,
@@ -50,7 +48,7 @@ def complete(
     """Greedy completion text (special tokens dropped) and token count of every prompt, in prompt
     order, on every rank."""
     mine: dict[int, tuple[str, int]] = {}
-    for rows, rollout in generate(model, device, prompts, batch_size, max_new_tokens,
+    for rows, rollout in generate(model, prompts, batch_size, max_new_tokens,
                                   tokenizer.pad_token_id, stop_ids, show_progress):
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
         mine.update(zip(rows, zip(texts, rollout.completion_mask.sum(1).tolist())))
@@ -63,7 +61,6 @@ def complete(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    device: torch.device,
     items: Sequence[MCQItem],
     prompts: Sequence[list[int]],
     reward: SIPReward,
@@ -78,7 +75,7 @@ def evaluate(
     accuracy as {"accuracy": .., "format": .., "n": .., "accuracy/<ability>": ..}."""
     abilities = sorted({it.ability for it in items})
     counts = torch.zeros(len(abilities), 3, dtype=torch.float64)  # n, correct, well-formed
-    for rows, rollout in generate(model, device, prompts, batch_size, max_new_tokens, pad_id, stop_ids, show_progress):
+    for rows, rollout in generate(model, prompts, batch_size, max_new_tokens, pad_id, stop_ids, show_progress):
         scores = reward.score(
             rollout.completion_ids, rollout.completion_mask, features, rollout.item_index, step=0
         )

@@ -412,7 +412,7 @@ class Trainer:
         self.policy.eval()
         with D.gathered(self.policy):
             result = evaluate(
-                self.policy.lm, self.world.device, self.eval_items, self.eval_prompts, self.eval_reward,
+                self.policy.lm, self.eval_items, self.eval_prompts, self.eval_reward,
                 self.eval_features, r.prompts_per_step * r.group_size // self.world.size,
                 r.max_new_tokens, self.pad_id, self.stop_ids,
             )

@@ -143,7 +143,7 @@ def test_eval_scores_scripted_answers_exactly(tokenizer, items, world, monkeypat
         script[tuple(p)] = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     reward = SIPReward(tokenizer, RewardConfig(), total_steps=1, fmt=fmt)
     monkeypatch.setattr(socialr1.evaluate, "greedy", scripted_greedy(script))
-    result = evaluate(None, torch.device("cpu"), chosen, prompts, reward,
+    result = evaluate(None, chosen, prompts, reward,
                       reward.encode_items(chosen), 4, 1000, tokenizer.pad_token_id, stop_token_ids(tokenizer))
     n = len(chosen)
     assert result["n"] == n
