@@ -2,7 +2,9 @@
 bad path fails in a second with one line naming the flag, not after minutes of loading."""
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from socialr1.config import ConfigError, TrainConfig
 
@@ -14,6 +16,10 @@ def check_inputs(cfg: TrainConfig) -> None:
         _check_model_dir(cfg.model.name_or_path, "--model.name-or-path")
     if cfg.reward.content_scorer == "model":
         _check_model_dir(cfg.reward.rm.path, "--reward.rm.path")
+    if cfg.reward.structure_scorer == "judge":
+        _check_reachable(cfg.reward.judge.base_url, "--reward.judge.base-url")
+    if cfg.reward.content_scorer == "endpoint":
+        _check_reachable(cfg.reward.rm.url, "--reward.rm.url")
     _check_writable(Path(cfg.output_dir))
 
 
@@ -25,6 +31,19 @@ def _check_model_dir(name: str, flag: str) -> None:
         return  # a hub name: the loader asks the hub, or explains how to do without it
     if not (path / "config.json").is_file():
         raise ConfigError(f"{flag} {name}: no config.json in it; expected a Hugging Face model directory")
+
+
+def _check_reachable(url: str, flag: str, timeout: float = 5.0) -> None:
+    """A service that no connection reaches fails now, in one line, rather than as every completion's
+    scoring failure once the models are loaded."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{flag} {url}: not an http(s) URL")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"{flag} {url}: cannot be reached ({e.strerror or e})") from None
 
 
 def _check_writable(out: Path) -> None:

@@ -6,6 +6,7 @@ line and exit status 1. Real processes, made to fail at named points by tests/ho
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -220,6 +221,18 @@ def test_bad_input_unwritable_output_dir(tmp_path):
 def test_bad_input_reward_model_path(tmp_path):
     msg = run_main("demo", "--reward.rm.path", str(tmp_path / "rm"), "--output-dir", str(tmp_path / "o"))
     assert msg == f"error: --reward.rm.path {tmp_path / 'rm'}: no such directory"
+
+
+def test_bad_input_unreachable_judge_and_scoring_endpoint(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+        judge = ("--reward.formula", "social-r1", "--reward.structure", "judge", "--reward.judge.model", "j")
+        msg = run_main("demo", *judge, "--reward.judge.base-url", url, "--output-dir", str(tmp_path / "o"))
+        assert msg.startswith(f"error: --reward.judge.base-url {url}: cannot be reached (")
+        msg = run_main("demo", "--reward.content", "endpoint", "--reward.rm.url", url, "--output-dir", str(tmp_path / "o"))
+        assert msg.startswith(f"error: --reward.rm.url {url}: cannot be reached (")
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_input_resume_without_training_state(tmp_path):
