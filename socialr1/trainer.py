@@ -198,12 +198,12 @@ class Trainer:
 
     def _load_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         m = self.cfg.model
-        if not m.tiny:
+        if m.tiny:
+            corpus = [user_message(it, self.cfg.sip) for it in self.items]
+            corpus += [self.cfg.sip.render(it.gold_stages, it.answer_letter) for it in self.items if it.gold_stages]
+            lm, tokenizer = build_tiny(m, corpus, self.cfg.seed)
+        else:
             lm, tokenizer = load_pretrained(m, self.world.device, self.cfg.seed)
-            return lm.to(self.world.device), tokenizer
-        corpus = [user_message(it, self.cfg.sip) for it in self.items]
-        corpus += [self.cfg.sip.render(it.gold_stages, it.answer_letter) for it in self.items if it.gold_stages]
-        lm, tokenizer = build_tiny(m, corpus, self.cfg.seed)
         return lm.to(self.world.device), tokenizer
 
     def _encode(self, items: list[MCQItem], what: str) -> tuple[list[MCQItem], list[list[int]]]:
@@ -348,18 +348,19 @@ class Trainer:
         scores = self.reward.score(batch.completion_ids, batch.completion_mask, self.features, batch.item_index, step)
         scores, lengths, ended = self._gather_step(batch, scores)
         failed = scores.pop("failed", None)  # [N_global] 1 where an external reward service failed
+        failed_frac = None if failed is None else failed.mean().item()
         adv = group_advantages(scores["total"], self.cfg.rollout.group_size, self.cfg.grpo.scale_rewards)
         t2 = time.perf_counter()
         n = len(batch)
-        if failed is not None and failed.mean().item() > self.cfg.max_reward_failure_rate:
+        if failed_frac is not None and failed_frac > self.cfg.max_reward_failure_rate:
             metrics, reason = {}, f"reward services failed on more than --max-reward-failure-rate {self.cfg.max_reward_failure_rate}"
         else:
             metrics = self.update(batch, adv[self.world.rank * n : (self.world.rank + 1) * n].to(self.world.device), lengths.sum())
             reason = "non-finite loss or grad norm" if metrics.pop("skipped") else None
         self._count_skip(reason)
         metrics["train/skipped_steps"] = self.skipped_total
-        if failed is not None:
-            metrics["reward/failed_frac"] = failed.mean().item()
+        if failed_frac is not None:
+            metrics["reward/failed_frac"] = failed_frac
         t3 = time.perf_counter()
         metrics.update(self._rollout_metrics(lengths, ended, scores))
         metrics.update({"time/generation_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": t3 - t0})
