@@ -9,7 +9,8 @@ order (our SIP prompt of generated items), 4 prompts x 5 samples, 128 new tokens
 Prints seconds per step, completion tokens/s and our phase times (generation, log-probs, update),
 writes JSON. Steps after the first (warm-up) are timed; the median is reported. Our side runs
 before and after TRL's (load on a shared machine drifts) and the ratio uses the mean of both.
-Without trl installed only our side runs."""
+Then ours once more with --rollout.compile (the decode step compiled once for its one cache bucket,
+during the untimed first step). Without trl installed only our side runs."""
 
 import importlib.util
 import json
@@ -33,13 +34,13 @@ from socialr1.trainer import Trainer  # noqa: E402
 PROMPTS, GROUP, NEW_TOKENS, HIDDEN, LAYERS, HEADS = 4, 5, 128, 128, 4, 4
 
 
-def our_trainer(steps: int, out: str, share_prompt: bool) -> Trainer:
+def our_trainer(steps: int, out: str, share_prompt: bool, compile: bool = False) -> Trainer:
     args = ["demo", "--data.synthetic", "400", "--data.eval-synthetic", "0", "--warmstart.steps", "0",
             "--model.tiny-hidden-size", str(HIDDEN), "--model.tiny-layers", str(LAYERS), "--model.tiny-heads", str(HEADS),
             "--model.tiny-vocab-size", "1024", "--rollout.prompts-per-step", str(PROMPTS), "--rollout.group-size", str(GROUP),
             "--rollout.max-new-tokens", str(NEW_TOKENS), "--grpo.beta", "0.04", "--grpo.loss-type", "grpo",
             "--grpo.micro-batch-size", str(PROMPTS * GROUP), "--steps", str(steps), "--output-dir", out, "--overwrite",
-            "--sample-every", "0"] + ([] if share_prompt else ["--grpo.no-share-prompt"])
+            "--sample-every", "0"] + ([] if share_prompt else ["--grpo.no-share-prompt"]) + (["--rollout.compile"] if compile else [])
     trainer = Trainer(parse(args))
     if hasattr(trainer, "setup"):
         trainer.setup()
@@ -47,11 +48,13 @@ def our_trainer(steps: int, out: str, share_prompt: bool) -> Trainer:
 
 
 def run_ours(trainer: Trainer, steps: range) -> dict:
-    rows = [trainer.step(s) for s in steps][1:]
+    rows = [trainer.step(s) for s in steps]
+    first_step_s, rows = rows[0]["time/step_s"], rows[1:]
     keys = ("time/step_s", "time/generation_s", "time/logprobs_s", "time/update_s", "time/reward_s")
     med = {k.removeprefix("time/"): statistics.median(r[k] for r in rows) for k in keys}
     tokens = statistics.median(r["completion/tokens"] for r in rows)
-    return {"s_per_step": med["step_s"], "tokens_per_s": tokens / med["step_s"], "completion_tokens": tokens, "phases": med}
+    return {"s_per_step": med["step_s"], "tokens_per_s": tokens / med["step_s"], "completion_tokens": tokens, "phases": med,
+            "first_step_s": first_step_s}
 
 
 def run_trl(trainer: Trainer, steps: int) -> dict:
@@ -101,6 +104,8 @@ class Args:
     """GRPO steps per side; the first is a warm-up and is not timed."""
     threads: int = 0
     """torch intra-op threads for both sides (0: torch's default)."""
+    compile: bool = True
+    """Also run ours with --rollout.compile (its first step, not timed, compiles the decode step)."""
     out: str = "benchmarks/results/step_bench.json"
 
 
@@ -117,17 +122,26 @@ def main(a: Args) -> None:
             ours = (result["ours"]["tokens_per_s"] + result["ours_after"]["tokens_per_s"]) / 2
             result["speedup_tokens_per_s"] = ours / result["trl"]["tokens_per_s"]
         trainer.close()
+        if a.compile:
+            trainer = our_trainer(a.steps, f"{tmp}/compiled", share_prompt=True, compile=True)
+            result["ours_compiled"] = run_ours(trainer, range(a.steps))
+            trainer.close()
+            if "trl" in result:
+                result["speedup_compiled_tokens_per_s"] = result["ours_compiled"]["tokens_per_s"] / result["trl"]["tokens_per_s"]
     print(f"GRPO step, tiny Qwen3 ({HIDDEN} hidden, {LAYERS} layers), {PROMPTS} prompts x {GROUP}, {NEW_TOKENS} new tokens, "
           f"{result['threads']} threads, median of {a.steps - 1} steps")
     print(f"{'':<10} {'s/step':>8} {'tokens/s':>10}")
-    for side in ("ours", "trl", "ours_after"):
+    for side in ("ours", "trl", "ours_after", "ours_compiled"):
         if side in result:
             print(f"{side:<10} {result[side]['s_per_step']:8.3f} {result[side]['tokens_per_s']:10.1f}")
-    for side in ("ours", "ours_after"):
+    for side in ("ours", "ours_after", "ours_compiled"):
         if side in result:
             print(f"{side} phases (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in result[side]["phases"].items()))
     if "speedup_tokens_per_s" in result:
         print(f"ours (mean of before and after) / TRL tokens/s: {result['speedup_tokens_per_s']:.2f}x")
+    if "speedup_compiled_tokens_per_s" in result:
+        print(f"ours with --rollout.compile / TRL tokens/s: {result['speedup_compiled_tokens_per_s']:.2f}x "
+              f"(its first step, compile included, took {result['ours_compiled']['first_step_s']:.1f} s)")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
 

@@ -1,12 +1,14 @@
 """The rollout engine: completions from a Hugging Face decoder-only model with our own decode loop.
 
-- Each distinct prompt is prefilled once, and its keys/values are stored once for its G rows: the
-  decode attention (group_attention) reads a prompt's KV once for the whole group and each row's own
-  generated KV, under one softmax. Prompt KV memory and reads are 1/G of a G-copies cache.
-- The KV cache is static: prompt part [P, kv_heads, Wp, D], generated part [P * G, kv_heads, Lg, D]
-  per layer, Wp and Lg rounded up to multiples of `bucket` so shapes repeat across batches. Eager
-  decode steps read the generated columns written so far only (cost grows with the current length,
-  not the bucket); compiled steps read the whole bucket under a mask, so each bucket is one graph.
+- Each distinct prompt is prefilled once, and its keys/values are stored once for its G rows. The
+  decode attention (group_attention) is one SDPA call per layer in which the G rows of a prompt are
+  one block of queries: the prompt's keys/values are read once for the whole group, next to each
+  row's own generated ones (GroupKV's layout), and a bias keeps rows apart. Prompt KV memory and
+  reads are 1/G of a G-copies cache.
+- The KV cache is static, [P, kv_heads, Wp + G * Lg, D] per layer, Lg rounded up to a multiple of
+  `bucket` (and, when compiling, Wp too) so shapes repeat across batches. Eager decode steps read the
+  columns written so far only (cost grows with the current length, not the bucket); compiled steps
+  read the whole bucket under the bias, so each bucket is one graph.
 - No host synchronisation per token: tokens are chosen on the device (sampling.choose) and finished
   rows are read by the host every `check_every` steps, when stop strings are looked for too.
 - Dropping finished rows: a prompt's G rows leave the decode batch together, once all have finished
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import decoder
@@ -39,45 +42,59 @@ def round_up(n: int, multiple: int) -> int:
 
 
 class GroupKV:
-    """Static KV cache behind HF's `Cache.update` interface. Prefilling, `update` stores the
-    prompts' states right-aligned in the prompt part; decoding, it writes one generated column
-    (`column`) of every row. group_attention reads both parts."""
+    """Static KV cache behind HF's `Cache.update` interface, one [P, kv_heads, Wp + G * Lg, D] tensor
+    of keys and one of values per layer: a prompt's columns [0, Wp) hold its prompt, right-aligned,
+    and column Wp + t * G + g holds token t of its row g. A decode step writes G adjacent columns
+    per prompt, and the columns written so far are a prefix, so eager steps read that prefix only."""
 
     def __init__(self, lm: PreTrainedModel, prompts: int, group: int, prompt_width: int, gen_width: int,
                  dtype: torch.dtype, device: torch.device):
         cfg = lm.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         layers, heads = len(lm.model.layers), cfg.num_key_value_heads
-        self.prompt_keys = [torch.zeros(prompts, heads, prompt_width, head_dim, dtype=dtype, device=device) for _ in range(layers)]
-        self.prompt_values = [torch.zeros_like(k) for k in self.prompt_keys]
-        self.keys = [torch.zeros(prompts * group, heads, gen_width, head_dim, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros_like(k) for k in self.keys]
-        self.group, self.prefilling = group, False
-        self.column = torch.zeros(1, dtype=torch.long, device=device)  # where the decode step writes
-        self.live: int | None = None  # generated columns attention reads; None: the whole bucket (compiled)
+        shape = (prompts, heads, prompt_width + group * gen_width, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.group, self.prompt_width, self.prefilling = group, prompt_width, False
+        self.columns = torch.zeros(group, dtype=torch.long, device=device)  # where the decode step writes
+        self.live: int | None = None  # columns attention reads; None: all (compiled)
 
     @property
     def length(self) -> int:
-        return self.prompt_keys[0].shape[2] + self.keys[0].shape[2]
+        return self.keys[0].shape[2]
+
+    def at_step(self, t: int) -> None:
+        """The next decode step writes token t of every row."""
+        self.columns.copy_(torch.arange(self.group, device=self.columns.device) + self.prompt_width + t * self.group)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.prefilling:
-            width = key.shape[2]
-            self.prompt_keys[layer_idx][:, :, -width:] = key
-            self.prompt_values[layer_idx][:, :, -width:] = value
-        else:
-            self.keys[layer_idx].index_copy_(2, self.column, key)
-            self.values[layer_idx].index_copy_(2, self.column, value)
+        if self.prefilling:  # key: [P, kv, W, D]
+            end = self.prompt_width
+            self.keys[layer_idx][:, :, end - key.shape[2] : end] = key
+            self.values[layer_idx][:, :, end - key.shape[2] : end] = value
+            return key, value
+        p, kv = self.keys[layer_idx].shape[:2]  # key: [N = P * G, kv, 1, D] -> [P, kv, G, D]
+        for cache, new in ((self.keys[layer_idx], key), (self.values[layer_idx], value)):
+            cache.index_copy_(2, self.columns, new.reshape(p, self.group, kv, -1).transpose(1, 2))
         return key, value
 
     def keep(self, groups: torch.Tensor) -> torch.Tensor:
         """Keep these prompts (and their rows); returns the kept rows' indices."""
-        rows = (groups[:, None] * self.group + torch.arange(self.group, device=groups.device)).flatten()
-        self.prompt_keys = [k.index_select(0, groups) for k in self.prompt_keys]
-        self.prompt_values = [v.index_select(0, groups) for v in self.prompt_values]
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
-        return rows
+        self.keys = [k.index_select(0, groups) for k in self.keys]
+        self.values = [v.index_select(0, groups) for v in self.values]
+        return (groups[:, None] * self.group + torch.arange(self.group, device=groups.device)).flatten()
+
+
+def group_bias(cache: GroupKV, prompt_len: torch.Tensor, rep: int) -> torch.Tensor:
+    """Additive attention bias [P, 1, G * rep, S] (cache dtype) for the grouped queries of each
+    prompt, ordered (row, head in the key/value group): 0 on the prompt's tokens and on the row's own
+    generated columns, -inf on prompt padding and on the other rows' columns."""
+    p, s, wp, g = cache.keys[0].shape[0], cache.length, cache.prompt_width, cache.group
+    col = torch.arange(s, device=prompt_len.device)
+    prompt_ok = (col < wp) & (col >= wp - prompt_len[:, None])  # [P, S]
+    own = (col >= wp) & ((col - wp) % g == torch.arange(g, device=col.device)[:, None])  # [G, S]
+    ok = (prompt_ok[:, None] | own[None]).repeat_interleave(rep, dim=1)  # [P, G * rep, S]
+    return torch.zeros(ok.shape, dtype=cache.keys[0].dtype, device=col.device).masked_fill(~ok, float("-inf"))[:, None]
 
 
 def group_attention(
@@ -89,37 +106,21 @@ def group_attention(
     scaling: float,
     dropout: float = 0.0,
     group_kv: GroupKV | None = None,
-    prompt_bias: torch.Tensor | None = None,  # [P, 1, 1, Wp] float: 0 on prompt tokens, -inf on padding
-    gen_bias: torch.Tensor | None = None,  # [1, 1, 1, Lg] float: -inf on columns not yet written; None: all written
+    bias: torch.Tensor | None = None,  # [P, 1, G * rep, S'] from group_bias, S' the columns read
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """One decode step's attention over GroupKV: the G queries of a prompt meet its keys in one
-    matmul (the prompt KV is read once per group), each row meets its own generated keys, and both
-    score sets share one softmax. Returns [N, 1, H, D] as HF's attention functions do."""
-    layer = module.layer_idx
-    pk, pv = group_kv.prompt_keys[layer], group_kv.prompt_values[layer]  # [P, kv, Wp, D]
-    live = group_kv.live or group_kv.keys[layer].shape[2]
-    gk, gv = group_kv.keys[layer][:, :, :live], group_kv.values[layer][:, :, :live]  # [N, kv, Lg', D]
+    """One decode step's attention over GroupKV, one SDPA call: the G rows of a prompt are one query
+    block of G * rep queries per key/value head, so its prompt keys are read once for the group and
+    the bias leaves each row its own generated keys. Returns [N, 1, H, D] as HF's attention
+    functions do."""
+    live = bias.shape[-1]
+    k, v = group_kv.keys[module.layer_idx][:, :, :live], group_kv.values[module.layer_idx][:, :, :live]  # [P, kv, S', D]
     n, heads, _, d = query.shape
-    p, kv = pk.shape[:2]
+    p, kv = k.shape[:2]
     g, rep = n // p, heads // kv
-
-    def by_group(x: torch.Tensor) -> torch.Tensor:  # [N, kv, rep, X] -> [P, kv, G * rep, X]
-        return x.reshape(p, g, kv, rep, -1).transpose(1, 2).reshape(p, kv, g * rep, -1)
-
-    def by_row(x: torch.Tensor) -> torch.Tensor:  # [P, kv, G * rep, X] -> [N, kv, rep, X]
-        return x.reshape(p, kv, g, rep, -1).transpose(1, 2).reshape(n, kv, rep, -1)
-
-    q = query.reshape(n, kv, rep, d)
-    prompt_scores = (by_group(q) @ pk.transpose(-1, -2)).float() * scaling + prompt_bias  # [P, kv, G * rep, Wp]
-    gen_scores = (q @ gk.transpose(-1, -2)).float() * scaling  # [N, kv, rep, Lg']
-    if gen_bias is not None:
-        gen_scores = gen_scores + gen_bias
-    top = torch.maximum(by_row(prompt_scores.amax(-1, keepdim=True)), gen_scores.amax(-1, keepdim=True))  # [N, kv, rep, 1]
-    prompt_w, gen_w = (prompt_scores - by_group(top)).exp(), (gen_scores - top).exp()
-    total = by_row(prompt_w.sum(-1, keepdim=True)) + gen_w.sum(-1, keepdim=True)
-    out = by_row((prompt_w.to(pv.dtype) @ pv).float()) + (gen_w.to(gv.dtype) @ gv).float()  # [N, kv, rep, D]
-    return (out / total).to(query.dtype).reshape(n, 1, heads, d), None
+    q = query.reshape(p, g, kv, rep, d).transpose(1, 2).reshape(p, kv, g * rep, d)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scaling)  # [P, kv, G * rep, D]
+    return out.reshape(p, kv, g, rep, d).transpose(1, 2).reshape(n, 1, heads, d), None
 
 
 AttentionInterface.register(GROUP_ATTENTION, group_attention)
@@ -130,15 +131,16 @@ def decode_step(
     cache: GroupKV,
     tokens: torch.Tensor,  # [N] the tokens just chosen
     positions: torch.Tensor,  # [N] their position ids
-    prompt_bias: torch.Tensor,  # [P, 1, 1, Wp]
+    bias: torch.Tensor,  # [P, 1, G * rep, S] from group_bias
 ) -> torch.Tensor:
-    """One token per row through the model -> next-token logits [N, V] (float32)."""
-    gen_bias = None  # eager steps read exactly the columns written so far
-    if cache.live is None:
-        cols = torch.arange(cache.keys[0].shape[2], device=tokens.device)
-        gen_bias = torch.zeros(cols.shape, device=tokens.device).masked_fill(cols > cache.column, float("-inf"))[None, None, None]
-    h = decoder.forward(lm, tokens[:, None], positions[:, None], None, cache, hooks=False,
-                        group_kv=cache, prompt_bias=prompt_bias, gen_bias=gen_bias)
+    """One token per row through the model -> next-token logits [N, V] (float32). Eager steps read
+    the columns written so far; compiled ones read all S under a bias that hides the rest."""
+    if cache.live is not None:
+        bias = bias[..., : cache.live]
+    else:
+        unwritten = torch.arange(cache.length, device=bias.device) > cache.columns[-1]
+        bias = bias.masked_fill(unwritten, float("-inf"))
+    h = decoder.forward(lm, tokens[:, None], positions[:, None], None, cache, hooks=False, group_kv=cache, bias=bias)
     return lm.lm_head(h[:, 0]).float()
 
 
@@ -191,7 +193,6 @@ class Engine:
             self.log(f"rollout: compiling the decode step for batch {rows} x cache {length} (graph {len(self.graphs)} of at most {self.max_graphs})")
         return self._compiled
 
-    @torch.no_grad()
     def generate(
         self,
         lm: PreTrainedModel,
@@ -205,13 +206,22 @@ class Engine:
     ) -> Completions:
         """`group` completions per prompt, rows ordered prompt by prompt. `tokenizer` is needed only
         for stop strings."""
+        # Inference mode skips autograd's per-op bookkeeping (about a tenth of an eager decode step on
+        # CPU); the results are cloned out of it so that training may use them.
+        with torch.inference_mode():
+            c = self._generate(lm, prompts, group, params, pad_id, generator, tokenizer, with_logprobs)
+        return Completions(c.ids.clone(), c.mask.clone(), None if c.logprobs is None else c.logprobs.clone())
+
+    def _generate(self, lm, prompts, group, params, pad_id, generator, tokenizer, with_logprobs) -> Completions:
         decoder.check_supported(lm)
         if params.stop_strings and tokenizer is None:
             raise ValueError("stop strings need the tokenizer")
         device = lm.lm_head.weight.device
         ids, mask = (t.to(device) for t in pad_left(prompts, pad_id))
         width = ids.shape[1]
-        cache = GroupKV(lm, len(prompts), group, round_up(width, self.bucket), round_up(params.max_new_tokens, self.bucket),
+        # Eager steps read the prompt part whole: only compiled steps need its width to repeat.
+        prompt_width = round_up(width, self.bucket) if self._compiled is not None else width
+        cache = GroupKV(lm, len(prompts), group, prompt_width, round_up(params.max_new_tokens, self.bucket),
                         lm.model.embed_tokens.weight.dtype, device)
         with attention(lm, decoder.MASKED_ATTENTION):
             cache.prefilling = True
@@ -230,9 +240,7 @@ class Engine:
         strings = StopStrings(params.stop_strings, tokenizer, n) if params.stop_strings else None
         cut = [steps] * n  # per output row: columns kept because of stop strings
         rows = torch.arange(n, device=device)  # output row of each decode row
-        prompt_width = cache.prompt_keys[0].shape[2]
-        padding = torch.arange(prompt_width, device=device)[None] < (prompt_width - prompt_len)[:, None]  # [P, Wp]
-        prompt_bias = torch.zeros(padding.shape, device=device).masked_fill(padding, float("-inf"))[:, None, None]
+        bias = group_bias(cache, prompt_len, lm.config.num_attention_heads // lm.config.num_key_value_heads)
         positions = prompt_len.repeat_interleave(group)  # [N] position of the first new token
         done = torch.zeros(n, dtype=torch.bool, device=device)
         step = self._step(n, cache.length)
@@ -255,11 +263,11 @@ class Engine:
                     break
                 if self._compiled is None and 2 * running <= len(finished):
                     keep = cache.keep((~finished).nonzero().squeeze(1))
-                    prompt_bias = prompt_bias[~finished]
+                    bias = bias[~finished]
                     rows, done, tokens, positions = (t[keep] for t in (rows, done, tokens, positions))
-            cache.column.fill_(i)
-            cache.live = None if self._compiled is not None else i + 1
-            logits = step(lm, cache, tokens, positions + i, prompt_bias)
+            cache.at_step(i)
+            cache.live = None if self._compiled is not None else cache.prompt_width + (i + 1) * group
+            logits = step(lm, cache, tokens, positions + i, bias)
         used = i + 1
         if strings is not None:
             self._find_strings(strings, out, rows, done, checked, used, cut)
