@@ -68,6 +68,12 @@ class DataConfig:
     """Which fields hold story, question, options, answer and ability."""
     synthetic: int = 0
     """If > 0, train on this many generated false-belief items instead of reading `path`."""
+    synthetic_containers: int = 10
+    """Generated items (training and eval): how many container names the stories draw their four
+    places from (4 to 10)."""
+    synthetic_fixed_options: bool = False
+    """Generated items: list the options in one fixed order instead of shuffled (with 4 containers,
+    every item offers the same four options in the same order)."""
     eval_path: str | None = None
     """Items to evaluate on every `eval_every` steps: same formats as `path`, or a benchmark name
     (`tombench`, `hitom:200` for a fixed seeded subset of 200; see eval.py); none: no eval, unless
@@ -81,6 +87,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.synthetic >= 0, "--data.synthetic", self.synthetic, "at least 0")
+        _require(4 <= self.synthetic_containers <= 10, "--data.synthetic-containers", self.synthetic_containers, "4 to 10")
         _require(self.eval_synthetic >= 0, "--data.eval-synthetic", self.eval_synthetic, "at least 0")
         _require(self.eval_limit is None or self.eval_limit >= 1, "--data.eval-limit", self.eval_limit, "at least 1")
         _require(self.max_prompt_tokens >= 1, "--data.max-prompt-tokens", self.max_prompt_tokens, "at least 1")
@@ -258,17 +265,22 @@ class TrainConfig:
 def _demo() -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(tiny=True, dtype="float32", activation_checkpointing=False),
-        data=DataConfig(synthetic=2000, eval_synthetic=128, max_prompt_tokens=512),
+        # Four places listed in one order: the letter of a place is fixed, so what an answer needs is
+        # the right place, read from the story.
+        data=DataConfig(synthetic=2000, eval_synthetic=128, max_prompt_tokens=512, synthetic_containers=4,
+                        synthetic_fixed_options=True),
         rollout=RolloutConfig(prompts_per_step=8, group_size=8, max_new_tokens=128),
         grpo=GRPOConfig(loss_type="dapo", micro_batch_size=24),
         optim=OptimConfig(lr=3e-4),
         # A dense additive reward at a constant curriculum weight: a rising total then means the
         # policy improved, not that the curriculum switched a term on.
         reward=RewardConfig(mode="additive", curriculum_start=0.0, curriculum_end=0.0, len_min=24, len_max=200),
-        # Traces that choose a random option: the warm start teaches the format, and any rise in
-        # accuracy is GRPO's.
-        warmstart=WarmStartConfig(steps=160, answers="random"),
-        steps=50,
+        # Traces that reason to the right place but choose a random option: the warm start teaches
+        # the format and the reasoning, and any rise in accuracy is GRPO's. 1,500 small steps: the
+        # tiny model starts copying places from the story into its trace only after about 700.
+        warmstart=WarmStartConfig(steps=1500, batch_size=8, answers="random"),
+        sip=SIPFormat(instruction="brief"),
+        steps=60,
         device="cpu",
         output_dir="runs/demo",
         sample_every=5,

@@ -12,6 +12,12 @@ from socialr1.sip import SIPFormat
 
 
 def instruction(fmt: SIPFormat) -> str:
+    if fmt.instruction == "brief":
+        return (
+            f"Reason through the four stages of social information processing ({', '.join(fmt.stages)}) inside "
+            f"{fmt.think_open} {fmt.think_close}, one line each, then give the option letter inside "
+            f"{fmt.answer_open} {fmt.answer_close}."
+        )
     stages = "\n".join(
         f"{i + 1}. {fmt.stage_header(i)} {hint}" for i, hint in enumerate(fmt.stage_hints)
     )

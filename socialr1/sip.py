@@ -2,7 +2,7 @@
 (what we check). Change a marker here and both sides follow."""
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class SIPFormat:
     """One line per stage telling the model what that stage should contain (shown in the prompt)."""
     stage_suffix: str = ":"
     """Written right after a stage name to open that stage."""
+    instruction: Literal["full", "brief"] = "full"
+    """The training prompt's instruction. full: the tags, then one line per stage with its hint.
+    brief: one sentence naming the stages and tags (a third of the tokens; for tiny models)."""
 
     def stage_header(self, i: int) -> str:
         return f"{self.stages[i]}{self.stage_suffix}"

@@ -46,24 +46,35 @@ class Story:
         return self.moves[-1].dest
 
 
-def generate_items(n: int, seed: int, orders: tuple[int, ...] = (1, 2, 3, 4)) -> list[MCQItem]:
-    """n items, the same for the same seed; orders cycle so every requested order appears."""
+def generate_items(
+    n: int, seed: int, orders: tuple[int, ...] = (1, 2, 3, 4), containers: int = len(CONTAINERS), fixed_options: bool = False
+) -> list[MCQItem]:
+    """n items, the same for the same seed; orders cycle so every requested order appears. Stories
+    draw their four places (three in the story, one distractor) from the first `containers` of
+    CONTAINERS; fixed_options lists the options in CONTAINERS order instead of shuffled (with
+    containers=4, every item then offers the same four options in the same order)."""
     if not orders or not set(orders) <= {1, 2, 3, 4}:
         raise ValueError(f"orders must be drawn from 1, 2, 3, 4; got {orders}")
+    if not 4 <= containers <= len(CONTAINERS):
+        raise ValueError(f"containers must be 4 to {len(CONTAINERS)}; got {containers}")
     rng = random.Random(seed)
-    return [_item(rng, orders[i % len(orders)], f"synthetic:seed={seed}:{i}") for i in range(n)]
+    return [_item(rng, orders[i % len(orders)], f"synthetic:seed={seed}:{i}", CONTAINERS[:containers], fixed_options)
+            for i in range(n)]
 
 
-def _item(rng: random.Random, order: int, source: str) -> MCQItem:
+def _item(rng: random.Random, order: int, source: str, places: tuple[str, ...], fixed_options: bool) -> MCQItem:
     kind = rng.choice(KINDS)
     while True:  # resample until the story supports the kind (e.g. someone missed a move)
-        story, distractor = _story(rng, order)
+        story, distractor = _story(rng, order, places)
         chain = tuple(rng.sample(story.cast, order))
         answer = story.final if kind == "reality" else story.seen_together(chain)
         if kind == "reality" or (answer == story.final) == (kind == "true"):
             break
     options = [*story.containers, distractor]
-    rng.shuffle(options)
+    if fixed_options:
+        options.sort(key=places.index)
+    else:
+        rng.shuffle(options)
     index = options.index(answer)
     if kind == "reality":
         question, ability = f"Where is the {story.obj} now?", "Reality"
@@ -83,11 +94,11 @@ def _item(rng: random.Random, order: int, source: str) -> MCQItem:
     )
 
 
-def _story(rng: random.Random, order: int) -> tuple[Story, str]:
+def _story(rng: random.Random, order: int, places: tuple[str, ...]) -> tuple[Story, str]:
     """A story with order + 1 characters, some of whom leave; also a container not in it."""
     cast = tuple(rng.sample(NAMES, order + 1))
     room, obj = rng.choice(ROOMS), rng.choice(OBJECTS)
-    *containers, distractor = rng.sample(CONTAINERS, 4)
+    *containers, distractor = rng.sample(places, 4)
     leavers = rng.sample(cast, rng.randint(1, order))  # someone always stays to do the moves
     steps = ["leave"] * len(leavers) + ["move"] * (1 if order == 1 else rng.randint(1, 2))
     rng.shuffle(steps)

@@ -185,12 +185,13 @@ class Trainer:
 
     def _load_data(self) -> tuple[list[MCQItem], list[MCQItem]]:
         d = self.cfg.data
-        train = generate_items(d.synthetic, seed=self.cfg.seed) if d.synthetic else load_items(d.path, d.fields, d.split)
+        generate = functools.partial(generate_items, containers=d.synthetic_containers, fixed_options=d.synthetic_fixed_options)
+        train = generate(d.synthetic, seed=self.cfg.seed) if d.synthetic else load_items(d.path, d.fields, d.split)
         if d.eval_path:
             evals = evalsets.eval_items(d.eval_path, d.fields)
         elif d.eval_synthetic:
             seen = {(it.story, it.question) for it in train}
-            fresh = generate_items(2 * d.eval_synthetic, seed=self.cfg.seed + EVAL_SEED_OFFSET)
+            fresh = generate(2 * d.eval_synthetic, seed=self.cfg.seed + EVAL_SEED_OFFSET)
             evals = [it for it in fresh if (it.story, it.question) not in seen][: d.eval_synthetic]
         else:
             evals = []

@@ -73,7 +73,11 @@ def warm_start(
     """Teacher-forced cross-entropy on prompt -> gold completion; returns the loss of each step."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(lm.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / cfg.steps)
+    # Constant, then linear decay over the last tenth: copying names and places from the story into
+    # the trace appears only after a long plateau (near step 700 for the demo's model), which a
+    # decay from the first step would push back.
+    tail = max(1, cfg.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (cfg.steps - s) / tail))
     losses = []
     lm.train()
     bar = tqdm(range(cfg.steps), desc="warm start", disable=not show_progress, dynamic_ncols=True)
