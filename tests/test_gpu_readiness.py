@@ -51,9 +51,10 @@ def test_loading_takes_turns_and_the_reference_is_never_a_full_copy(two_ranks):
     assert start0 < end0 <= start1 < end1
     for rank in two_ranks:
         assert rank["copy_equal"] and rank["copy_buffers_equal"]
-        # Each rank allocates its half and FSDP's padded staging (about 1.3 shards): 0.64 of the
-        # model here; a deepcopy before sharding would allocate at least the whole model.
-        assert rank["copy_bytes_over_full"] < 0.75
+        # Each rank allocates its half and FSDP's padded staging (about 1.3-1.5 shards, depending on
+        # how the rows split): 0.64 and 0.77 of the model on the two ranks here; a deepcopy before
+        # sharding would allocate at least the whole model.
+        assert rank["copy_bytes_over_full"] < 0.9
 
 
 @pytest.fixture()
