@@ -12,6 +12,7 @@ from socialr1.data import FieldMap
 from socialr1.grpo import LossType, ScaleRewards
 from socialr1.rewards import RewardConfig
 from socialr1.sip import SIPFormat
+from socialr1.synthetic import CONTAINERS
 
 
 class ConfigError(Exception):
@@ -68,9 +69,9 @@ class DataConfig:
     """Which fields hold story, question, options, answer and ability."""
     synthetic: int = 0
     """If > 0, train on this many generated false-belief items instead of reading `path`."""
-    synthetic_containers: int = 10
+    synthetic_containers: int = len(CONTAINERS)
     """Generated items (training and eval): how many container names the stories draw their four
-    places from (4 to 10)."""
+    places from (4 to all of them)."""
     synthetic_fixed_options: bool = False
     """Generated items: list the options in one fixed order instead of shuffled (with 4 containers,
     every item offers the same four options in the same order)."""
@@ -87,7 +88,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.synthetic >= 0, "--data.synthetic", self.synthetic, "at least 0")
-        _require(4 <= self.synthetic_containers <= 10, "--data.synthetic-containers", self.synthetic_containers, "4 to 10")
+        _require(4 <= self.synthetic_containers <= len(CONTAINERS), "--data.synthetic-containers", self.synthetic_containers,
+                 f"4 to {len(CONTAINERS)}")
         _require(self.eval_synthetic >= 0, "--data.eval-synthetic", self.eval_synthetic, "at least 0")
         _require(self.eval_limit is None or self.eval_limit >= 1, "--data.eval-limit", self.eval_limit, "at least 1")
         _require(self.max_prompt_tokens >= 1, "--data.max-prompt-tokens", self.max_prompt_tokens, "at least 1")

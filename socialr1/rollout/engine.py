@@ -56,7 +56,8 @@ class GroupKV:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.group, self.prompt_width, self.prefilling = group, prompt_width, False
-        self.columns = torch.zeros(group, dtype=torch.long, device=device)  # where the decode step writes
+        self.first_columns = torch.arange(group, device=device) + prompt_width  # token 0 of each row
+        self.columns = self.first_columns.clone()  # where the decode step writes
         self.live: int | None = None  # columns attention reads; None: all (compiled)
 
     @property
@@ -65,7 +66,7 @@ class GroupKV:
 
     def at_step(self, t: int) -> None:
         """The next decode step writes token t of every row."""
-        self.columns.copy_(torch.arange(self.group, device=self.columns.device) + self.prompt_width + t * self.group)
+        torch.add(self.first_columns, t * self.group, out=self.columns)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prefilling:  # key: [P, kv, W, D]
@@ -212,7 +213,8 @@ class Engine:
             c = self._generate(lm, prompts, group, params, pad_id, generator, tokenizer, with_logprobs)
         return Completions(c.ids.clone(), c.mask.clone(), None if c.logprobs is None else c.logprobs.clone())
 
-    def _generate(self, lm, prompts, group, params, pad_id, generator, tokenizer, with_logprobs) -> Completions:
+    def _generate(self, lm: PreTrainedModel, prompts: Sequence[Sequence[int]], group: int, params: SamplingParams, pad_id: int,
+                  generator: torch.Generator | None, tokenizer: PreTrainedTokenizerBase | None, with_logprobs: bool) -> Completions:
         decoder.check_supported(lm)
         if params.stop_strings and tokenizer is None:
             raise ValueError("stop strings need the tokenizer")
