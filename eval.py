@@ -21,12 +21,14 @@ from typing import Literal
 
 import torch
 import tyro
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from socialr1 import distributed as D
 from socialr1 import evalsets
 from socialr1.config import ModelConfig
-from socialr1.data import DataError, load_items
+from socialr1.data import DataError, table_items
 from socialr1.evalsets import report
+from socialr1.evalsets.common import tables
 from socialr1.evalsets.protocol import Aggregate, expand, score
 from socialr1.evaluate import complete
 from socialr1.models import ModelLoadError, load_pretrained, stop_token_ids
@@ -99,10 +101,28 @@ def load_benchmarks(cfg: EvalConfig) -> tuple[list[evalsets.Benchmark], dict[str
                 continue
             raise
     if cfg.data:
-        benches.append(evalsets.Benchmark(Path(cfg.data).stem or cfg.data, load_items(cfg.data, cfg.fields, cfg.split)))
+        found = tables(cfg.data, cfg.split, "data")
+        items = [it for label, table in found for it in table_items(table, cfg.fields, label)]
+        benches.append(evalsets.Benchmark(Path(cfg.data).stem or cfg.data, items))
     for b in benches:
-        b.items = b.items[: cfg.limit]
+        if not b.items:
+            raise DataError(f"{b.name}: no items")
+        if cfg.limit and cfg.limit < len(b.items):
+            b.subset = f"first {cfg.limit} of {len(b.items)}" + (f", {b.subset}" if b.subset else "")
+            b.items = b.items[: cfg.limit]
     return benches, missing
+
+
+def check_model(name: str) -> None:
+    """A --model that is neither a folder here nor a hub name (./SocialR1-4B, runs/x/final) is a
+    folder that is missing: say so, rather than ask the hub for it."""
+    if Path(name).expanduser().exists():
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise DataError(f"--model {name}: no such folder (a checkpoint such as runs/demo/final, or a model "
+                        "folder; a hub name has the form org/name)") from None
 
 
 def inspect(cfg: EvalConfig, benches: list[evalsets.Benchmark], missing: dict[str, str]) -> dict:
@@ -125,13 +145,20 @@ def main(cfg: EvalConfig) -> dict:
     benches, missing = load_benchmarks(cfg)  # bad input stops here, before a model is loaded
     if cfg.inspect:
         return inspect(cfg, benches, missing)
+    if not benches:
+        raise DataError(
+            f"nothing to evaluate: none of the benchmarks asked for is here ({', '.join(missing)}); "
+            f"each needs its folder in --data-root {cfg.data_root} (tombench-hard and simpletom: the hub, or "
+            "--tombench-hard / --simpletom PATH); --inspect says why each is missing"
+        )
     if cfg.model is None:
         raise DataError("--model is required (except with --inspect)")
+    check_model(cfg.model)
     world = D.init_world(cfg.device)
     try:
         # Eval only decodes (the rollout engine picks its own attention); ranks load one at a time (host memory).
         model = ModelConfig(name_or_path=cfg.model, attn_implementation="sdpa")
-        lm, tokenizer = D.in_turn(lambda: load_pretrained(model, world.device))
+        lm, tokenizer = D.in_turn(lambda: load_pretrained(model, world.device, flag="--model"))
         lm.to(world.device, torch.bfloat16 if world.device.type == "cuda" else torch.float32).eval()
         results: dict = {"model": cfg.model, "mode": cfg.mode, "thinking": cfg.thinking, "benchmarks": {}}
         predictions = []
@@ -140,11 +167,11 @@ def main(cfg: EvalConfig) -> dict:
             asks = expand(bench, count, cfg.seed)
             prompts = encode_prompts(tokenizer, [a.shown for a in asks], cfg.sip, cfg.mode, cfg.thinking == "on")
             start = time.perf_counter()
-            texts, lengths = complete(lm, tokenizer, prompts, cfg.batch_size, cfg.max_new_tokens,
-                                      stop_token_ids(tokenizer), show_progress=world.is_main)
+            texts, lengths, cut = complete(lm, tokenizer, prompts, cfg.batch_size, cfg.max_new_tokens,
+                                           stop_token_ids(tokenizer), show_progress=world.is_main)
             seconds = time.perf_counter() - start
             aggregate = cfg.aggregate or (bench.protocol.aggregate if count == bench.protocol.orders else "mean")
-            summary, records = score(bench, asks, texts, lengths, aggregate, cfg.mode, cfg.sip)
+            summary, records = score(bench, asks, texts, lengths, aggregate, cfg.mode, cfg.sip, cut)
             summary["items_per_s"] = len(bench.items) / max(seconds, 1e-9)
             results["benchmarks"][bench.name] = summary
             prompt_texts = tokenizer.batch_decode(prompts)

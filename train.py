@@ -5,13 +5,15 @@
     torchrun --nproc_per_node 8 train.py              # the same: socialr1-4b is the default preset
     python train.py socialr1-4b --help                # every setting, with its default
 
-SIGTERM or Ctrl-C stops after the current step with a resumable checkpoint (Ctrl-C twice: at once);
-`--resume auto` continues from the newest complete checkpoint.
+SIGTERM or Ctrl-C stops within a few seconds with a resumable checkpoint (a step whose update has not
+begun is dropped and redone on resume; Ctrl-C twice: at once); `--resume auto` continues from the
+newest complete checkpoint. Both commands, GRPO and reward model, stop and resume alike.
 
     python train.py reward-model rm-demo              # the SIP content reward model (pairwise), CPU demo
     torchrun --nproc_per_node 8 train.py reward-model rm-qwen3-4b --data.path pairs.jsonl
 """
 
+import os
 import shlex
 import sys
 from typing import Sequence
@@ -21,7 +23,8 @@ from socialr1.data import DataError
 from socialr1.models import ModelLoadError
 from socialr1.reward_model.config import parse as parse_reward_model
 from socialr1.reward_model.trainer import RMTrainer
-from socialr1.trainer import RunStopped, Trainer
+from socialr1.run import RunStopped
+from socialr1.trainer import Trainer
 
 
 def resume_command(script: str, argv: Sequence[str], world_size: int) -> str:
@@ -39,7 +42,8 @@ def resume_command(script: str, argv: Sequence[str], world_size: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Every bad input ends here as one line and exit status 1, with no traceback."""
+    """Every bad input ends here as one line and exit status 1, with no traceback; under torchrun
+    only rank 0 prints it (every rank meets the same error), the others exit 1 quietly."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["reward-model"]:
@@ -51,9 +55,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         finally:
             trainer.close()
     except (ConfigError, DataError, ModelLoadError, RunStopped) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {e}" if os.environ.get("RANK", "0") == "0" else 1)
     if not finished and trainer.world.is_main:
         print(f"to resume: {resume_command(sys.argv[0], argv, trainer.world.size)}", flush=True)
+        if trainer.world.size > 1:
+            print(f"note: the stop wrote its checkpoint in {trainer.run.save_seconds:.0f} s; torchrun kills workers "
+                  "that take longer than its --shutdown-timeout (default 30 s), and exits 1 itself after "
+                  "forwarding a signal even when every rank stopped cleanly (exit 0)", flush=True)
 
 
 if __name__ == "__main__":

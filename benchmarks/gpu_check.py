@@ -1,8 +1,8 @@
 """One command for a GPU machine: the Triton kernels, the rollout and a real FSDP2 training run,
 measured at Qwen3 shapes with random weights (no hub), judged in one verdict table.
 
-    python benchmarks/gpu_check.py             # one CUDA GPU, under 9 minutes
-    python benchmarks/gpu_check.py --dry-run   # CPU, tiny shapes: every part runs (CI runs this)
+    python benchmarks/gpu_check.py             # one CUDA GPU, under 10 minutes
+    python benchmarks/gpu_check.py --dry-run   # CPU, tiny shapes: every part and check runs (CI runs this)
 
 Parts, each in its own process (fresh GPU memory, its own time limit):
   kernels    parity of the Triton kernels (compiled for this GPU) against naive at Qwen3-4B shapes,
@@ -10,13 +10,23 @@ Parts, each in its own process (fresh GPU memory, its own time limit):
   rollout    sampling on a Qwen3-4B-shaped random bf16 model: 64 prompts x 5, 512 new tokens,
              with our rollout engine (socialr1/rollout), compile off and on
   attention  training forward + backward on a Qwen3-1.7B-shaped model, SDPA against flash-attn
+  gradients  the GRPO loss gradient of every parameter of a Qwen3-1.7B-shaped model, through the
+             policy's fused kernels in bf16, against plain float32 logits on the same ragged batch
   train      `train.py`, 3 GRPO steps with FSDP2 on one GPU, Qwen3-1.7B-shaped random model (bf16,
-             activation checkpointing, flash-attn when it imports, else SDPA): s/step, phases, peak memory
+             activation checkpointing, flash-attn when it imports, else SDPA): s/step, phases, peak
+             memory; rewards that differ within groups, non-zero gradients, weights that moved
 
-The process exits 1 if any part fails. Numbers and the machine go in benchmarks/RESULTS.md.
+A random model never earns the task's reward, so every advantage would be 0 and nothing would
+train. The train part gives it a reward it can earn: a tokenizer whose ids past the tiny BPE
+vocabulary decode to `<fN>`, a stop string that a few of those hold (completions end at varied
+lengths), and the sip formula's length window alone (additive mode; every other term is 0).
+
+The process exits 1 if any part fails. Results go to --out-dir (default runs/gpu_check, git-ignored);
+numbers and the machine go in benchmarks/RESULTS.md.
 """
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -32,20 +42,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-Part = Literal["kernels", "rollout", "attention", "train"]
-PARTS: tuple[Part, ...] = ("kernels", "rollout", "attention", "train")
-LIMIT_S = {"kernels": 110, "rollout": 240, "attention": 45, "train": 130}  # 525 s: under 9 minutes
+Part = Literal["kernels", "rollout", "attention", "gradients", "train"]
+PARTS: tuple[Part, ...] = ("kernels", "rollout", "attention", "gradients", "train")
+LIMIT_S = {"kernels": 110, "rollout": 240, "attention": 45, "gradients": 60, "train": 140}  # 595 s: under 10 minutes
 DRY_LIMIT_S = 240
 
 
 @dataclass
 class Config:
     dry_run: bool = False
-    """CPU, tiny shapes, a few prompts: every part runs (about a minute of CPU); the numbers mean nothing."""
+    """CPU, tiny shapes, a few prompts: every part and check runs (a few minutes of CPU); the timings mean nothing."""
     parts: tuple[Part, ...] = PARTS
     """Which parts to run."""
-    out_dir: Path = ROOT / "benchmarks" / "results" / "gpu_check"
-    """Where each part's rows, the train run and the verdict table (gpu_check.md) go."""
+    out_dir: Path = ROOT / "runs" / "gpu_check"
+    """Where each part's rows, the train run and the verdict table (gpu_check.md) go (runs/ is git-ignored)."""
     part: Part | None = None
     """Internal: run only this part, in this process (the parent starts one process per part)."""
 
@@ -64,6 +74,8 @@ class Shape:
 QWEN3_4B = Shape(2560, 36, 32, 8, 128, 9728, 151936)
 QWEN3_1_7B = Shape(2048, 28, 16, 8, 128, 6144, 151936)
 TINY = Shape(64, 2, 4, 2, 16, 192, 1024)
+TINY_TRAIN = Shape(64, 2, 4, 2, 16, 192, 4096)  # most ids past the tiny BPE vocabulary, as at Qwen3's 151936
+SEED = 0  # train.py's --seed: the check rebuilds the run's initial weights from it
 
 
 @dataclass(frozen=True)
@@ -83,11 +95,17 @@ class Sizes:
     train_args: tuple[str, ...]
 
 
+# The reward of the train part: the length window alone, over completions that a stop string ends
+# at varied lengths (see the module doc); an lr at which 3 steps move bf16 weights visibly.
+REWARD_ARGS = ("--reward.preset", "none", "--reward.formula", "sip", "--reward.mode", "additive", "--optim.lr", "1e-5")
+# "77>" ends 1 in 100 filler tokens: lengths spread over 1..256 around the window [64, 192].
 GPU = Sizes(QWEN3_4B, QWEN3_1_7B, 2048, (4096, 16384), 64, 5, (200, 400), 512, 8, 1024,
-            ("--rollout.prompts-per-step", "32", "--rollout.max-new-tokens", "256", "--data.synthetic", "512"))
-DRY = Sizes(TINY, TINY, 64, (128,), 4, 2, (8, 16), 8, 2, 32,
-            ("--rollout.prompts-per-step", "2", "--rollout.group-size", "2", "--rollout.max-new-tokens", "8",
-             "--data.synthetic", "32", "--device", "cpu"))
+            ("--rollout.prompts-per-step", "32", "--rollout.max-new-tokens", "256", "--data.synthetic", "512",
+             "--rollout.stop-strings", "77>", "--reward.len-min", "64", "--reward.len-max", "192", *REWARD_ARGS))
+DRY = Sizes(TINY, TINY_TRAIN, 64, (128,), 4, 2, (8, 16), 8, 2, 32,
+            ("--rollout.prompts-per-step", "2", "--rollout.group-size", "4", "--rollout.max-new-tokens", "24",
+             "--data.synthetic", "32", "--device", "cpu",
+             "--rollout.stop-strings", "7>", "--reward.len-min", "6", "--reward.len-max", "18", *REWARD_ARGS))
 
 
 class Rows:
@@ -119,6 +137,19 @@ def tokenizer():
     return tiny.build_tokenizer(corpus, 1000)
 
 
+def save_tokenizer(directory: Path, vocab: int):
+    """Saves the tiny tokenizer with its BPE vocabulary filled up to the model's: id N decodes to
+    `<fN>` (vocabulary entries, not added tokens, so loading stays fast at 151936). Returns the
+    tokenizer as built (its special ids are the saved one's)."""
+    tok = tokenizer()
+    tok.save_pretrained(directory)
+    path = directory / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    spec["model"]["vocab"].update({f"<f{i}>": i for i in range(len(tok), vocab)})
+    path.write_text(json.dumps(spec))
+    return tok
+
+
 def qwen3_config(shape: Shape, pad_id: int, eos_id: int):
     from transformers import Qwen3Config
 
@@ -144,7 +175,7 @@ def part_kernels(sizes: Sizes, rows: Rows, cuda: bool) -> None:
     import torch
     from kernel_bench import _run_one, target_checks
 
-    from kernels import grpo_loss, linear_logprobs
+    from socialr1.kernels import grpo_loss, linear_logprobs
 
     device = "cuda" if cuda else "cpu"
     h, v, n = sizes.model_4b.hidden, sizes.model_4b.vocab, sizes.parity_tokens
@@ -280,19 +311,98 @@ def part_attention(sizes: Sizes, rows: Rows, cuda: bool) -> None:
              "info" if faster == "flash_attention_2" else "change default")
 
 
+def part_gradients(sizes: Sizes, rows: Rows, cuda: bool) -> None:
+    """The gradient the training update applies, at the train part's model shape: the policy's GRPO
+    loss (final hidden states into the fused log-prob kernels, bf16) against the same loss written
+    out on plain float32 logits, for every parameter; bf16 naive logits show the rounding to allow."""
+    import copy
+
+    import torch
+
+    from socialr1.policy import LossSettings, Policy
+    from socialr1.rollout import Rollout, pad_left
+
+    device = "cuda" if cuda else "cpu"
+    shape, n, width = sizes.model_1_7b, 4, sizes.train_len // 4
+    exact = random_model(shape, device, torch.float32).train()
+    low = copy.deepcopy(exact).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(2, shape.vocab, (int(k),), generator=g).tolist() for k in torch.randint(width // 2, width, (n,), generator=g)]
+    ends = torch.tensor([width, width // 3, width - 5, 1])  # ragged completions
+    completion_mask = (torch.arange(width)[None] < ends[:, None]).long()
+    completion_ids = torch.randint(2, shape.vocab, (n, width), generator=g).masked_fill(completion_mask == 0, 0)
+    ids, mask = pad_left(prompts, 0)
+    batch = Rollout(*(t.to(device) for t in (ids, mask, completion_ids, completion_mask, torch.arange(n))))
+    advantages = torch.randn(n, generator=g).to(device)
+    ref = (-12 + torch.randn(n, width, generator=g)).to(device) * completion_mask.to(device)  # KL term non-zero
+    temperature = 0.7  # not 1: a gradient that forgets the temperature differs
+    settings = LossSettings(0.04, 0.2, 0.2, "grpo", temperature, width)
+
+    def naive(lm) -> torch.Tensor:
+        """The loss from full logits: -A * ratio + beta * k3 KL per token, each row's mean, then the rows' mean."""
+        am = batch.attention_mask
+        logits = lm(input_ids=batch.input_ids, attention_mask=am, position_ids=(am.cumsum(1) - 1).clamp(min=0)).logits
+        logits = logits[:, -width - 1 : -1].float() / temperature
+        logp = logits.log_softmax(-1).gather(-1, batch.completion_ids[..., None]).squeeze(-1)
+        delta = ref - logp
+        per_token = -advantages[:, None] * torch.exp(logp - logp.detach()) + 0.04 * (delta.exp() - delta - 1)
+        m = batch.completion_mask.float()
+        return ((per_token * m).sum(1) / m.sum(1)).mean()
+
+    def gradients(lm, loss_of) -> dict[str, torch.Tensor]:
+        lm.zero_grad(set_to_none=True)
+        loss_of(lm).backward()
+        return {name: p.grad.float() for name, p in lm.named_parameters()}
+
+    reference = gradients(exact, naive)
+    rounded = gradients(low, naive)
+    fused = gradients(low, lambda lm: Policy(lm).loss(batch, advantages, None, ref, settings)[0])
+
+    def error(a: torch.Tensor, e: torch.Tensor) -> float:
+        return ((a - e).norm() / e.norm().clamp_min(1e-30)).item()
+
+    errors = {name: (error(fused[name], e), error(rounded[name], e)) for name, e in reference.items()}
+    worst = max(errors, key=lambda k: errors[k][0] / (3 * errors[k][1] + 1e-3))
+    what = f"{len(errors)} parameters, {n} rows x {width} completion tokens, vocab {shape.vocab}"
+    rows.add("gradients: nonzero reference", f"grad norm {torch.stack([e.norm() for e in reference.values()]).norm():.3e} ({what})",
+             all(e.norm() > 0 for e in reference.values()))
+    rows.add("gradients: policy (fused kernels, bf16) vs float32 logits",
+             f"worst {worst}: rel. error {errors[worst][0]:.2e} (naive bf16 there: {errors[worst][1]:.2e})",
+             all(f <= 3 * r + 1e-3 for f, r in errors.values()))
+
+
+def weights_moved(model_dir: Path, final_dir: Path, device: str) -> tuple[int, int, float]:
+    """(weight matrices changed, matrices, share of their elements changed) between the run's
+    initial weights, rebuilt from its seed as train.py built them, and its final checkpoint."""
+    import torch
+    from safetensors.torch import load_file
+
+    from socialr1.config import ModelConfig
+    from socialr1.models import load_pretrained
+
+    init, _ = load_pretrained(ModelConfig(name_or_path=str(model_dir), random_init=True), torch.device(device), SEED)
+    final = {k: v for f in sorted(final_dir.glob("*.safetensors")) for k, v in load_file(f, device=device).items()}
+    changed, elements, total = 0, 0, 0
+    for name, p in init.named_parameters():
+        if p.dim() == 2:
+            diff = int((final[name] != p.detach().to(final[name].dtype)).sum())
+            changed, elements, total = changed + (diff > 0), elements + diff, total + p.numel()
+    return changed, sum(p.dim() == 2 for p in init.parameters()), elements / total
+
+
 def part_train(sizes: Sizes, rows: Rows, cuda: bool, out: Path) -> None:
     import torch
 
     from socialr1.models import attn_implementation
 
-    tok = tokenizer()
     model_dir = out / "qwen3-1.7b-shape"
+    tok = save_tokenizer(model_dir, sizes.model_1_7b.vocab)
     qwen3_config(sizes.model_1_7b, tok.pad_token_id, tok.eos_token_id).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
     run_dir = out / "train-run"
     args = [sys.executable, str(ROOT / "train.py"), "socialr1-4b", "--model.name-or-path", str(model_dir),
             "--model.random-init", "--model.dtype", "bfloat16", "--model.activation-checkpointing", "--steps", "3",
-            "--save-every", "0", "--sample-every", "0", "--overwrite", "--output-dir", str(run_dir), *sizes.train_args]
+            "--seed", str(SEED), "--save-every", "0", "--sample-every", "0", "--overwrite", "--output-dir", str(run_dir),
+            *sizes.train_args]
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         rows.add("train.py", "exit {}: {}".format(done.returncode, (done.stderr.strip().splitlines() or [""])[-1][:300]), False)
@@ -307,8 +417,17 @@ def part_train(sizes: Sizes, rows: Rows, cuda: bool, out: Path) -> None:
                                           ("time/generation_s", "time/reward_s", "time/logprobs_s", "time/update_s")), "info")
     if cuda:
         rows.add("train.py: peak memory", f"{max(s['memory/peak_gib'] for s in steps):.1f} GiB", "info")
-    finite = all(s[k] == s[k] and abs(s[k]) != float("inf") for s in steps for k in ("loss", "kl", "grad_norm"))
-    rows.add("train.py: loss, KL, grad norm finite", str(finite), finite)
+    equal = [s["reward/zero_std_frac"] for s in steps]
+    rows.add("train.py: rewards differ within groups", "groups with one reward: " + ", ".join(f"{f:.2f}" for f in equal)
+             + f"; completion lengths {min(s['completion/length_min'] for s in steps):.0f}-"
+             f"{max(s['completion/length_max'] for s in steps):.0f}", all(f < 1 for f in equal))
+    finite = all(math.isfinite(s[k]) for s in steps for k in ("loss", "kl", "grad_norm"))
+    flowing = all(s["grad_norm"] > 0 for s in steps)  # (the loss itself is ~0: group-centred advantages)
+    rows.add("train.py: loss, KL, grad norm finite; grad norm non-zero",
+             "grad norm " + ", ".join(f"{s['grad_norm']:.3g}" for s in steps), finite and flowing)
+    changed, matrices, share = weights_moved(model_dir, run_dir / "final", "cuda" if cuda else "cpu")
+    rows.add("train.py: weights moved", f"{changed} of {matrices} weight matrices changed, {share:.1%} of their elements",
+             changed == matrices)
 
 
 def gpu_name() -> str:
@@ -327,7 +446,8 @@ def run_part(cfg: Config) -> None:
     if cfg.part == "train":
         part_train(sizes, rows, cuda, cfg.out_dir)
     else:
-        {"kernels": part_kernels, "rollout": part_rollout, "attention": part_attention}[cfg.part](sizes, rows, cuda)
+        parts = {"kernels": part_kernels, "rollout": part_rollout, "attention": part_attention, "gradients": part_gradients}
+        parts[cfg.part](sizes, rows, cuda)
 
 
 def main(cfg: Config) -> None:

@@ -91,8 +91,8 @@ def measure(spec: dict) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from kernels import grpo_loss, linear_logprobs
-    from kernels.reference import naive_linear_logprobs
+    from socialr1.kernels import grpo_loss, linear_logprobs
+    from socialr1.kernels.reference import naive_linear_logprobs
 
     method, mode, n, h, v = spec["method"], spec["mode"], spec["tokens"], spec["hidden"], spec["vocab"]
     cuda = torch.cuda.is_available()

@@ -16,8 +16,10 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_state_dict,
 )
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from socialr1.config import ConfigError
@@ -35,10 +37,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     meta: dict | None = None,
+    frozen: dict[str, nn.Module] | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Collective: every rank calls it. The weights are written in `dtype`; with an optimizer,
-    every rank also writes its shards of the training state, and rank 0 the trainer's `meta` (the
-    step first of all) with the scheduler."""
+    every rank also writes its shards of the training state (with those of the `frozen` models, and
+    its random state: `rng`, else the current one), and rank 0 the trainer's `meta` (the step first
+    of all) with the scheduler."""
     rank = dist.get_rank()
     tmp = directory.with_name(f".{directory.name}.partial")  # the same path on every rank
     if rank == 0:
@@ -56,16 +61,20 @@ def save_checkpoint(
         shutil.rmtree(tmp / "sharded")  # the per-rank files, now consolidated
         config = copy.deepcopy(policy.lm.config)
         config.dtype = dtype  # the dtype the weights are saved in, not the float32 master weights'
+        config.architectures = [type(policy.lm).__name__]  # servers (vLLM) pick the model class by it
         config.save_pretrained(tmp)
         if getattr(policy.lm, "generation_config", None) is not None:  # a classifier (reward model) has none
             policy.lm.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     if optimizer is not None and scheduler is not None:
+        frozen = frozen or {}
         model_state, optim_state = get_state_dict(policy, optimizer)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp / TRAIN_STATE)
-        torch.save(_rng_state(), tmp / TRAIN_STATE / f"rng-rank{rank}.pt")
+        others = {name: get_model_state_dict(m) for name, m in frozen.items()}
+        dcp.save({"model": model_state, "optim": optim_state, "frozen": others}, checkpoint_id=tmp / TRAIN_STATE)
+        torch.save(rng or rng_state(), tmp / TRAIN_STATE / f"rng-rank{rank}.pt")
         if rank == 0:
-            state = {**(meta or {}), "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size()}
+            state = {**(meta or {}), "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size(),
+                     "frozen": sorted(frozen)}
             torch.save(state, tmp / TRAIN_STATE / "trainer.pt")
     dist.barrier()
     if rank == 0:
@@ -90,13 +99,19 @@ def load_train_state(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    frozen: dict[str, nn.Module] | None = None,
 ) -> dict:
-    """Restore what save_checkpoint wrote; returns the trainer's meta."""
+    """Restore what save_checkpoint wrote, into `frozen` too for the models the checkpoint holds;
+    returns the trainer's meta."""
     state_dir = directory / TRAIN_STATE
     meta = read_train_meta(directory)
     model_state, optim_state = get_state_dict(policy, optimizer)
-    dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=state_dir)
+    held = {name: m for name, m in (frozen or {}).items() if name in meta.get("frozen", ())}
+    others = {name: get_model_state_dict(m) for name, m in held.items()}
+    dcp.load({"model": model_state, "optim": optim_state, **({"frozen": others} if others else {})}, checkpoint_id=state_dir)
     set_state_dict(policy, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+    for name, m in held.items():
+        set_model_state_dict(m, others[name])
     scheduler.load_state_dict(meta["scheduler"])
     # Sampling continues exactly only on the same number of ranks; otherwise it is reseeded.
     rng = state_dir / f"rng-rank{dist.get_rank()}.pt"
@@ -124,7 +139,8 @@ def prune_checkpoints(output_dir: Path, keep_last: int) -> None:
         shutil.rmtree(old)
 
 
-def _rng_state() -> dict[str, torch.Tensor]:
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's random state (CPU, and CUDA when there is one)."""
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()

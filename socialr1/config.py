@@ -9,15 +9,11 @@ from typing import Any, Literal, Sequence
 import tyro
 
 from socialr1.data import FieldMap
+from socialr1.errors import ConfigError  # defined below the settings modules; imported from here too
 from socialr1.grpo import LossType, ScaleRewards
 from socialr1.rewards import RewardConfig
 from socialr1.sip import SIPFormat
 from socialr1.synthetic import CONTAINERS
-
-
-class ConfigError(Exception):
-    """Settings that cannot work; the message names the flags. Not a ValueError on purpose: tyro
-    turns those raised in `__post_init__` into a multi-line box, train.py prints this one line."""
 
 
 def _require(ok: bool, flag: str, value: object, need: str) -> None:
@@ -57,6 +53,15 @@ class ModelConfig:
             _require(getattr(self, name) >= 1, f"--model.{name.replace('_', '-')}", getattr(self, name), "at least 1")
         _require(self.tiny_hidden_size % self.tiny_heads == 0, "--model.tiny-hidden-size", self.tiny_hidden_size,
                  f"a multiple of --model.tiny-heads {self.tiny_heads}")
+
+
+def shape_flags(model: ModelConfig) -> tuple[str, ...]:
+    """Flags whose change gives other parameter shapes, so that a checkpoint of one run cannot
+    resume another: the model, and for the tiny model its sizes and the data its tokenizer is
+    trained on (the same field names in both trainers' settings)."""
+    tiny = ("model.tiny_hidden_size", "model.tiny_layers", "model.tiny_heads", "model.tiny_vocab_size",
+            "data.synthetic", "data.path", "seed")
+    return ("model.name_or_path", "model.tiny") + (tiny if model.tiny else ())
 
 
 @dataclass
@@ -147,8 +152,9 @@ class GRPOConfig:
     """Advantage scaling: divide by the group's reward std, the batch's, or not at all."""
     num_iterations: int = 1
     """Optimizer steps per rollout batch (TRL's mu); above 1 the old policy's log-probs are kept."""
-    micro_batch_size: int = 8
-    """Completions per forward/backward on one rank; gradients accumulate over micro-batches."""
+    micro_batch_size: int = 5
+    """Completions per forward/backward on one rank; gradients accumulate over micro-batches. A
+    multiple of --rollout.group-size keeps --grpo.share-prompt's faster forward on (default: one group of 5)."""
     share_prompt: bool = True
     """Compute each prompt once per group in the loss and the old / reference log-prob passes: the G
     completions attend to the prompt's keys/values (same values and gradients as without). Works with
@@ -213,31 +219,22 @@ class WarmStartConfig:
 
 
 @dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    sip: SIPFormat = field(default_factory=SIPFormat)
-    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
-    steps: int = 600
-    """GRPO steps (each: one rollout batch, `num_iterations` optimizer steps)."""
+class RunSettings:
+    """How a run lives, the same for GRPO and the reward model (socialr1/run.py): where it writes,
+    how often, how it resumes and when it gives up."""
+
     seed: int = 0
-    """Seed of sampling, data order, and the tiny model's initialisation."""
+    """Seed of everything random: data order, sampling, generated data, the tiny model's initialisation."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when available (one GPU per rank), else CPU."""
-    output_dir: str = "runs/socialr1-4b"
+    output_dir: str = "runs/run"
     """Where TensorBoard events, metrics.jsonl and checkpoints go."""
     log_every: int = 1
     """Write scalars every N steps."""
-    sample_every: int = 10
-    """Write a few sample completions as TensorBoard text every N steps (0: never)."""
     save_every: int = 100
-    """Write a Hugging Face checkpoint every N steps (0: only at the end)."""
+    """Write a resumable checkpoint-N every N steps (0: only at the end, and when stopped by a signal)."""
     eval_every: int = 0
-    """Evaluate every N steps (0: only at the end, when eval data is set)."""
+    """Evaluate every N steps (0: only at the start and the end, when there is eval data)."""
     overwrite: bool = False
     """Start afresh in an output dir that already holds a run, deleting its metrics, TensorBoard
     events and checkpoints (without it, such a run stops before touching anything)."""
@@ -248,18 +245,38 @@ class TrainConfig:
     keep_last: int = 0
     """Keep only the newest K checkpoint-N directories (0: keep all; final/ is never deleted)."""
     max_skipped_steps: int = 10
-    """Stop the run after this many consecutive skipped steps (non-finite loss or grad norm, or too
-    many failed reward-service calls)."""
+    """Stop the run after this many consecutive skipped steps (non-finite loss or grad norm, or, in
+    GRPO, too many failed reward-service calls)."""
+
+    def __post_init__(self) -> None:
+        _require(self.log_every >= 1, "--log-every", self.log_every, "at least 1")
+        for name in ("save_every", "eval_every", "keep_last"):
+            _require(getattr(self, name) >= 0, f"--{name.replace('_', '-')}", getattr(self, name), "at least 0")
+        _require(self.max_skipped_steps >= 1, "--max-skipped-steps", self.max_skipped_steps, "at least 1")
+
+
+@dataclass
+class TrainConfig(RunSettings):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sip: SIPFormat = field(default_factory=SIPFormat)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    steps: int = 600
+    """GRPO steps (each: one rollout batch, `num_iterations` optimizer steps)."""
+    sample_every: int = 10
+    """Write a few sample completions as TensorBoard text every N steps (0: never)."""
     max_reward_failure_rate: float = 0.1
     """Skip the step when more than this fraction of the step's completions could not be scored by
     an external reward service (a judge or reward-model endpoint)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _require(self.steps >= 1, "--steps", self.steps, "at least 1")
-        _require(self.log_every >= 1, "--log-every", self.log_every, "at least 1")
-        for name in ("sample_every", "save_every", "eval_every", "keep_last"):
-            _require(getattr(self, name) >= 0, f"--{name.replace('_', '-')}", getattr(self, name), "at least 0")
-        _require(self.max_skipped_steps >= 1, "--max-skipped-steps", self.max_skipped_steps, "at least 1")
+        _require(self.sample_every >= 0, "--sample-every", self.sample_every, "at least 0")
         _require(0 <= self.max_reward_failure_rate <= 1, "--max-reward-failure-rate", self.max_reward_failure_rate,
                  "in [0, 1]")
 
@@ -291,10 +308,12 @@ def _demo() -> TrainConfig:
     )
 
 
-def _socialr1_8b() -> TrainConfig:
-    return TrainConfig(
-        model=ModelConfig(name_or_path="Qwen/Qwen3-8B"), reward=RewardConfig(preset="social-r1"), output_dir="runs/socialr1-8b"
-    )
+def _paper(model: str, output_dir: str) -> TrainConfig:
+    """The paper's recipe (the field defaults: G=5, beta 0.04, lr 5e-7, 600 steps, 1,024 new tokens,
+    micro-batches of one group) on `model`, keeping the two newest checkpoints (about 48 GB each at
+    Qwen3-4B with the optimizer state)."""
+    return TrainConfig(model=ModelConfig(name_or_path=model), reward=RewardConfig(preset="social-r1"),
+                       output_dir=output_dir, keep_last=2)
 
 
 # The paper's reward needs an LLM judge and a trained reward model; without --reward.judge.base-url
@@ -303,9 +322,9 @@ PAPER_REWARD = "Social-R1's reward: judge and reward model where --reward.judge.
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "socialr1-4b": (
         f"Paper recipe: Qwen3-4B, G=5, beta 0.04, lr 5e-7, 600 steps; {PAPER_REWARD} (default).",
-        TrainConfig(reward=RewardConfig(preset="social-r1")),
+        _paper("Qwen/Qwen3-4B", "runs/socialr1-4b"),
     ),
-    "socialr1-8b": (f"Paper recipe on Qwen3-8B; {PAPER_REWARD}.", _socialr1_8b()),
+    "socialr1-8b": (f"Paper recipe on Qwen3-8B; {PAPER_REWARD}.", _paper("Qwen/Qwen3-8B", "runs/socialr1-8b")),
     "demo": ("Offline CPU demo: tiny Qwen3, generated false-belief items, a few minutes.", _demo()),
 }
 

@@ -1,7 +1,9 @@
 """Load multiple-choice items with `datasets`: a Hub dataset name, a local JSONL/JSON/CSV/Parquet
 file, or a folder of such files. Defaults read ToMBench's English fields."""
 
+import functools
 import math
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,3 +209,19 @@ def _answer(value: Any, options: tuple[str, ...], fields: FieldMap, where: str) 
     if not text.lstrip("-").isdigit() or not 0 <= int(text) < n:
         raise _error(where, field, f"index {text!r} out of range 0-{n - 1}")
     return int(text)
+
+
+def rank_share(n: int, per_step: int, step: int, rank: int, world_size: int, seed: int) -> list[int]:
+    """Indices (into n records) of this rank's share of a step's batch: a slice of a seeded
+    permutation per epoch. The global batch is the same whatever the number of ranks, and a
+    function of (seed, step) alone, so a resumed run reads what the uninterrupted one read."""
+    per_rank = per_step // world_size
+    first = step * per_step + rank * per_rank
+    return [_epoch_order(n, seed, k // n)[k % n] for k in range(first, first + per_rank)]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(seed + epoch).shuffle(order)
+    return order

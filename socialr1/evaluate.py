@@ -44,18 +44,21 @@ def complete(
     max_new_tokens: int,
     stop_ids: Sequence[int],
     show_progress: bool = False,
-) -> tuple[list[str], list[int]]:
-    """Greedy completion text (special tokens dropped) and token count of every prompt, in prompt
-    order, on every rank."""
-    mine: dict[int, tuple[str, int]] = {}
+) -> tuple[list[str], list[int], list[bool]]:
+    """Greedy completion text (special tokens dropped), token count, and whether it was cut at
+    `max_new_tokens` (no stop token), of every prompt, in prompt order, on every rank."""
+    mine: dict[int, tuple[str, int, bool]] = {}
     for rows, rollout in generate(model, prompts, batch_size, max_new_tokens,
                                   tokenizer.pad_token_id, stop_ids, show_progress):
         texts = tokenizer.batch_decode(rollout.completion_ids, skip_special_tokens=True)
-        mine.update(zip(rows, zip(texts, rollout.completion_mask.sum(1).tolist())))
-    parts: list[dict[int, tuple[str, int]]] = [{} for _ in range(dist.get_world_size())]
+        mask = rollout.completion_mask.bool()  # [B, C] up to and including the first stop token
+        stopped = (torch.isin(rollout.completion_ids, torch.tensor(list(stop_ids), device=mask.device)) & mask).any(1)
+        mine.update(zip(rows, zip(texts, mask.sum(1).tolist(), (~stopped).tolist())))
+    parts: list[dict[int, tuple[str, int, bool]]] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(parts, mine)
     done = {k: v for part in parts for k, v in part.items()}
-    return [done[i][0] for i in range(len(prompts))], [done[i][1] for i in range(len(prompts))]
+    ordered = [done[i] for i in range(len(prompts))]
+    return [o[0] for o in ordered], [o[1] for o in ordered], [o[2] for o in ordered]
 
 
 @torch.no_grad()

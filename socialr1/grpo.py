@@ -10,19 +10,28 @@ ScaleRewards = Literal["group", "batch", "none"]
 STD_EPS = 1e-4  # TRL's epsilon: keeps groups whose rewards are all equal at advantage 0
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: ScaleRewards) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: ScaleRewards, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """rewards: [N] with the G samples of a prompt adjacent -> advantages [N].
 
     (r - group mean), divided by the group's std ("group"), the whole batch's std ("batch", as in
-    TRL's scale_rewards="batch"), or by nothing ("none", Dr. GRPO)."""
+    TRL's scale_rewards="batch"), or by nothing ("none", Dr. GRPO). valid: [N] bool, False for a
+    sample whose reward could not be computed (a reward service failed): it is left out of every
+    mean and std and gets advantage 0, so that its group trains as if it were not there."""
     if rewards.numel() % group_size:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    grouped = rewards.view(-1, group_size)  # [P, G]
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale == "group":
-        centred = centred / (grouped.std(dim=1, keepdim=True) + STD_EPS)
+    if valid is None:
+        valid = torch.ones_like(rewards, dtype=torch.bool)
+    grouped, ok = rewards.view(-1, group_size), valid.view(-1, group_size)  # [P, G]
+    n = ok.sum(dim=1, keepdim=True)
+    mean = torch.where(ok, grouped, 0).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    centred = torch.where(ok, grouped - mean, 0)
+    if scale == "group":  # unbiased std over the valid samples, as torch.std; 0 for one sample
+        std = (centred.square().sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+        centred = centred / (std + STD_EPS)
     elif scale == "batch":
-        centred = centred / (rewards.std() + STD_EPS)
+        centred = centred / (rewards[valid].std() + STD_EPS)
     return centred.reshape(-1)
 
 

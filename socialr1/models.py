@@ -51,21 +51,23 @@ def attention(lm: PreTrainedModel, implementation: str) -> Iterator[None]:
 
 
 def load_pretrained(
-    cfg: ModelConfig, device: torch.device, seed: int = 0, auto_class: type = AutoModelForCausalLM, **kwargs
+    cfg: ModelConfig, device: torch.device, seed: int = 0, auto_class: type = AutoModelForCausalLM,
+    flag: str = "--model.name-or-path", **kwargs
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Master weights in float32 (FSDP casts to the compute dtype for forward/backward). With
     --model.random-init only the config and tokenizer are read, and the weights are random
     (seeded, so every rank builds the same model), initialised on `device`. `kwargs` go to the
-    config (e.g. num_labels for a reward model built with AutoModelForSequenceClassification)."""
+    config (e.g. num_labels for a reward model built with AutoModelForSequenceClassification).
+    `flag`: the command line's name for the model, cited in errors (eval.py's is --model)."""
     reason = None if Path(cfg.name_or_path).exists() else hub_unavailable()
     if reason:
-        raise ModelLoadError(_advice(cfg.name_or_path, reason))
+        raise ModelLoadError(_advice(cfg.name_or_path, reason, flag))
     attn = attn_implementation(cfg.attn_implementation, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path)
         if not tokenizer.chat_template:
             raise ModelLoadError(
-                f"--model.name-or-path {cfg.name_or_path}: the tokenizer has no chat template; prompts are chats "
+                f"{flag} {cfg.name_or_path}: the tokenizer has no chat template; prompts are chats "
                 "(use the instruct / chat variant of the model, or add a chat_template to its tokenizer_config.json)"
             )
         if cfg.random_init:
@@ -76,18 +78,18 @@ def load_pretrained(
         else:
             lm = auto_class.from_pretrained(cfg.name_or_path, dtype=torch.float32, attn_implementation=attn, **kwargs)
     except OSError as e:
-        raise ModelLoadError(_advice(cfg.name_or_path, str(e))) from e
+        raise ModelLoadError(_advice(cfg.name_or_path, str(e), flag)) from e
     tokenizer.padding_side = "left"
     return lm, tokenizer
 
 
-def _advice(name: str, reason: str) -> str:
+def _advice(name: str, reason: str, flag: str) -> str:
     local = name.rstrip("/").split("/")[-1]
     return (
         f"could not load model {name!r}: {reason}. "
         "Without the Hugging Face hub, download it on a machine that has access "
         f"(hf download {name} --local-dir {local}), copy the folder here and pass its path: "
-        f"--model.name-or-path ./{local}"
+        f"{flag} ./{local}"
     )
 
 
@@ -99,6 +101,31 @@ def build_tiny(
         tokenizer, cfg.tiny_hidden_size, cfg.tiny_layers, cfg.tiny_heads, seed=seed
     )
     return lm, tokenizer
+
+
+def compute_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """--model.dtype resolved: auto is bfloat16 on CUDA (over float32 master weights), else float32."""
+    return torch.bfloat16 if choice == "bfloat16" or (choice == "auto" and device.type == "cuda") else torch.float32
+
+
+def checkpoint_activations(lm: PreTrainedModel) -> None:
+    """Recompute each decoder layer in the backward (non-reentrant). transformers 5.25 renamed the
+    method and warns on the old name, once per rank."""
+    enable = getattr(lm, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def quiet_loading() -> None:
+    """No progress bar per data file or weight file: on 8 ranks they fill the screen, and the
+    trainers print one summary of what they loaded instead."""
+    import datasets
+    from transformers.utils import logging
+
+    datasets.disable_progress_bars()
+    logging.disable_progress_bar()
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

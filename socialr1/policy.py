@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from kernels import grpo_loss, linear_logprobs
+from socialr1.kernels import grpo_loss, linear_logprobs
 from socialr1 import decoder
 from socialr1.grpo import LossType
 from socialr1.models import attention

@@ -13,17 +13,17 @@ LOCAL_PREFIXES = ("/", ".", "~")  # a name starting so is a path, never a hub na
 
 def check_inputs(cfg: TrainConfig) -> None:
     if not cfg.model.tiny:
-        _check_model_dir(cfg.model.name_or_path, "--model.name-or-path")
+        check_model_dir(cfg.model.name_or_path, "--model.name-or-path")
     if cfg.reward.content_scorer == "model":
-        _check_model_dir(cfg.reward.rm.path, "--reward.rm.path")
+        check_model_dir(cfg.reward.rm.path, "--reward.rm.path")
     if cfg.reward.structure_scorer == "judge":
         _check_reachable(cfg.reward.judge.base_url, "--reward.judge.base-url")
     if cfg.reward.content_scorer == "endpoint":
         _check_reachable(cfg.reward.rm.url, "--reward.rm.url")
-    _check_writable(Path(cfg.output_dir))
+    check_writable(Path(cfg.output_dir))
 
 
-def _check_model_dir(name: str, flag: str) -> None:
+def check_model_dir(name: str, flag: str) -> None:
     path = Path(name).expanduser()
     if not path.exists():
         if name.startswith(LOCAL_PREFIXES):
@@ -46,7 +46,7 @@ def _check_reachable(url: str, flag: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"{flag} {url}: cannot be reached ({e.strerror or e})") from None
 
 
-def _check_writable(out: Path) -> None:
+def check_writable(out: Path) -> None:
     """The output dir, or its nearest existing parent, must be a directory we may write into."""
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):

@@ -1,88 +1,52 @@
 """The GRPO loop. Per step: sample prompts -> roll out G completions each -> SIP rewards ->
 group-relative advantages -> old/reference log-probs -> clipped-surrogate update with k3 KL."""
 
-import contextlib
 import copy
 import dataclasses
 import functools
 import gc
-import math
-import os
-import random
-import shutil
-import signal
-import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import decoder
 from socialr1 import distributed as D
 from socialr1 import evalsets
-from socialr1.checkpoint import latest_checkpoint, load_train_state, prune_checkpoints, read_train_meta, save_checkpoint
-from socialr1.config import ConfigError, OptimConfig, TrainConfig
-from socialr1.data import load_items
+from socialr1.config import ConfigError, TrainConfig, shape_flags
+from socialr1.data import load_items, rank_share
 from socialr1.evaluate import evaluate
 from socialr1.grpo import group_advantages, microbatch_weight, zero_std_fraction
 from socialr1.items import MCQItem
 from socialr1.metrics import RunLog, mean_std
-from socialr1.models import build_tiny, load_pretrained, stop_token_ids
-from socialr1.plots import plot_curves
+from socialr1.models import build_tiny, checkpoint_activations, compute_dtype, load_pretrained, quiet_loading, stop_token_ids
+from socialr1.optim import build_optimizer, clip_grad_norm, guarded_step
 from socialr1.policy import LossSettings, Policy
 from socialr1.preflight import check_inputs
 from socialr1.prompts import encode_prompts, prefilled, user_message
 from socialr1.rewards import SIPReward
 from socialr1.rollout import Engine, Rollout, SamplingParams, sample
+from socialr1.run import Run, State
 from socialr1.synthetic import generate_items
 from socialr1.warmstart import gold_completions, warm_start
 
 EVAL_SEED_OFFSET = 10_000  # generated eval items come from a seed training never uses
 
 
-def lr_lambda(cfg: OptimConfig, total_steps: int):
-    """Multiplier of the peak lr at optimizer step s: linear warmup, then the chosen decay."""
-
-    def f(s: int) -> float:
-        if s < cfg.warmup_steps:
-            return (s + 1) / cfg.warmup_steps
-        progress = (s - cfg.warmup_steps) / max(total_steps - cfg.warmup_steps, 1)
-        if cfg.schedule == "linear":
-            return 1.0 - progress
-        if cfg.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-    return f
-
-
-class RunStopped(Exception):
-    """The run cannot go on (e.g. too many skipped steps); the message says why and what to resume from."""
-
-
-# Flags whose change gives other parameter shapes, so a checkpoint of one run cannot resume another.
-SHAPE_FLAGS = ("model.name_or_path", "model.tiny", "model.tiny_hidden_size", "model.tiny_layers", "model.tiny_heads",
-               "model.tiny_vocab_size")
-TINY_VOCAB_FLAGS = ("data.synthetic", "data.path", "seed")  # the tiny tokenizer is trained on the data
-
-
 class Trainer:
-    """`__init__` only wires things together; `setup()` (called by `train()`) does the expensive
-    work: data, model, warm start, sharding, resume."""
+    """The GRPO algorithm: build its parts, then per step rollout, reward, advantages, log-probs and
+    update, and greedy eval. `__init__` only wires; `setup()` (called by `train()`) checks every
+    input cheaply, then loads, warm starts, shards and resumes. The run around the steps (output dir,
+    checkpoints, stop signals, skip guard, progress) is socialr1/run.py's `Run`."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.world = D.init_world(cfg.device)
-        self.out = Path(cfg.output_dir)
-        self.log = RunLog(self.out, cfg.steps, enabled=self.world.is_main)
-        on_cuda = self.world.device.type == "cuda"
-        self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and on_cuda) else torch.float32
+        self.log = RunLog(Path(cfg.output_dir), cfg.steps, enabled=self.world.is_main)
+        self.run = Run(cfg, self.world, self.log, cfg.steps, shown="reward/total/mean", product="checkpoint")
+        self.dtype = compute_dtype(cfg.model.dtype, self.world.device)
         self.policy = self.ref = self.opt = self.sched = None
-        self.start_step = self.skipped_total = self.skipped_in_a_row = 0
-        self.last_checkpoint: Path | None = None
-        self.stop_signals: list[int] = []  # signals received; the ranks agree on stopping after each step
         self.ready = False
 
     def setup(self) -> None:
@@ -93,13 +57,11 @@ class Trainer:
         if cfg.rollout.prompts_per_step % self.world.size:
             raise ConfigError(f"--rollout.prompts-per-step {cfg.rollout.prompts_per_step} must divide by the {self.world.size} ranks")
         check_inputs(cfg)
-        resume = self._resume_dir()
-        meta = read_train_meta(resume) if resume else None
-        if meta:
-            self._check_same_shapes(meta["config"])
-        self.replace_earlier_run = self._check_output_dir()
+        meta = self.run.prepare(shape_flags(cfg.model))
+        quiet_loading()
 
         self.items, self.eval_items = self._load_data()
+        self._warn_benchmark_overlap()
         lm, self.tokenizer = D.in_turn(self._load_model)
         self.pad_id = self.tokenizer.pad_token_id
         self.stop_ids = stop_token_ids(self.tokenizer)
@@ -113,25 +75,23 @@ class Trainer:
             targets = gold_completions(self.tokenizer, self.items, cfg.sip, self.prefill, random_answers)
             losses = warm_start(lm, self.prompts, targets, self.pad_id, cfg.warmstart, cfg.seed, self.world.is_main)
             self.log.print(f"warm start: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps")
+        # The KL reference is the policy GRPO step 0 started from. Rebuilt at a resume from the weights
+        # read or initialised, it is right only when no warm start moved them: then checkpoints carry it.
+        self.reference_in_checkpoints = bool(cfg.warmstart.steps) if meta is None else "reference" in meta.get("frozen", ())
 
         self.reward = SIPReward(
             self.tokenizer, cfg.reward, total_steps=cfg.steps, fmt=cfg.sip, prefix=self.prefill, device=self.world.device
         )
-        self.log.print(self.reward.describe())
         self.features = self.reward.encode_items(self.items).to(self.world.device)
         # Eval reads only format and accuracy: the same formula, without calls to a judge or reward model.
         offline = dataclasses.replace(cfg.reward, structure="lexical", content="lexical")
         self.eval_reward = SIPReward(self.tokenizer, offline, total_steps=cfg.steps, fmt=cfg.sip, prefix=self.prefill)
         self.eval_features = self.eval_reward.encode_items(self.eval_items).to(self.world.device) if self.eval_items else None
         if cfg.model.activation_checkpointing:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            checkpoint_activations(lm)
         self.policy = self._shard(lm)
         self.ref = self._frozen_copy(self.policy) if cfg.grpo.beta != 0 else None
-        self.opt = torch.optim.AdamW(
-            self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-        )
-        total_updates = cfg.steps * cfg.grpo.num_iterations
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.optim, total_updates))
+        self.opt, self.sched = build_optimizer(self.policy.parameters(), cfg.optim, cfg.steps * cfg.grpo.num_iterations)
         self.loss_settings = LossSettings(
             cfg.grpo.beta, cfg.grpo.eps_low, cfg.grpo.eps_high, cfg.grpo.loss_type,
             cfg.rollout.temperature, cfg.rollout.max_new_tokens,
@@ -140,48 +100,55 @@ class Trainer:
         self.sampling = SamplingParams(
             r.max_new_tokens, r.temperature, r.top_p, r.top_k, tuple(self.stop_ids), tuple(r.stop_strings), r.check_every
         )
-        self.engine = Engine(compile=r.compile, log=self.log.print)
+        self.engine = Engine(compile=r.compile, log=self.log.print, interrupt=self.run.interrupt)
         # Sampling differs per rank; everything above (model init, warm start) is identical.
         torch.manual_seed(cfg.seed * 1_000 + self.world.rank)
-        if resume:
-            self._resume(resume)
+        self.run.restore(self.state())
+        self._print_summary()
         self.ready = True
 
+    def state(self) -> State:
+        frozen = {"reference": self.ref} if self.ref is not None and self.reference_in_checkpoints else {}
+        return State(self.policy, self.tokenizer, self.dtype, self.opt, self.sched, frozen)
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.eval_items)
+
     # ---- setup -------------------------------------------------------------------------------
-    def _check_output_dir(self) -> bool:
-        """A new run never mixes its metrics into an earlier run's: it stops, unless told to
-        continue (--resume) or to start over (--overwrite). True when the earlier run is to be
-        deleted, which train() does only once setup has succeeded."""
-        if not (self.out / "metrics.jsonl").exists() or self.cfg.resume:
-            return False
-        if not self.cfg.overwrite:
-            raise ConfigError(
-                f"{self.out} already holds a run; pass another --output-dir, --resume auto "
-                "to continue it, or --overwrite to delete it and start over"
-            )
-        return True
+    def _warn_benchmark_overlap(self) -> None:
+        """Training on an evaluation benchmark is allowed, but never silent."""
+        found = evalsets.benchmark_overlap(self.items)
+        if found:
+            listed = ", ".join(f"{n} in {name}" for name, n in sorted(found.items()))
+            self.log.print(f"warning: {sum(found.values())} of the {len(self.items)} training items are evaluation benchmark "
+                           f"items ({listed}); scores on those benchmarks will not measure generalisation")
 
-    def _resume_dir(self) -> Path | None:
-        if self.cfg.resume != "auto":
-            return Path(self.cfg.resume) if self.cfg.resume else None
-        found = latest_checkpoint(self.out)
-        self.log.print(f"--resume auto: resuming from {found}" if found else f"--resume auto: no complete checkpoint in {self.out}, starting fresh")
-        return found
+    def _prompt_sharing(self) -> str:
+        """Whether the training passes compute each prompt once per group, and if not, why."""
+        g, m = self.cfg.rollout.group_size, self.cfg.grpo.micro_batch_size
+        if not self.cfg.grpo.share_prompt:
+            return "off (--grpo.share-prompt false)"
+        if m % g:
+            return (f"OFF: --grpo.micro-batch-size {m} is not a multiple of --rollout.group-size {g}, so every row "
+                    f"recomputes its prompt (pass --grpo.micro-batch-size {g * max(1, m // g)})")
+        reason = decoder.unsupported(self.policy.lm)
+        return f"OFF: {reason}" if reason else "on"
 
-    def _check_same_shapes(self, saved: dict) -> None:
-        """Name the flags whose change makes the checkpoint's tensors another shape."""
-        now = dataclasses.asdict(self.cfg)
-        flags = SHAPE_FLAGS + (TINY_VOCAB_FLAGS if self.cfg.model.tiny else ())
-
-        def value(cfg: dict, flag: str) -> object:
-            for key in flag.split("."):
-                cfg = cfg[key]
-            return cfg
-
-        differ = [f for f in flags if value(now, f) != value(saved, f)]
-        if differ:
-            listed = ", ".join(f"--{f.replace('_', '-')} {value(saved, f)!r} (now {value(now, f)!r})" for f in differ)
-            raise ConfigError(f"--resume {self.cfg.resume}: the checkpoint was trained with other shapes: {listed}")
+    def _print_summary(self) -> None:
+        cfg, w = self.cfg, self.world
+        params = sum(p.numel() for p in self.policy.parameters())  # a DTensor counts its global size
+        per_rank = cfg.rollout.prompts_per_step // w.size
+        lines = [
+            f"run: {len(self.items)} training items, {len(self.eval_items)} eval items; {w.size} rank(s) on "
+            f"{w.device.type}, {str(self.dtype).removeprefix('torch.')} compute, {params / 1e6:.4g}M parameters",
+            f"per step: {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size} samples ({per_rank} prompts, "
+            f"{per_rank * cfg.rollout.group_size} completions per rank, micro-batches of {cfg.grpo.micro_batch_size}), "
+            f"up to {cfg.rollout.max_new_tokens} new tokens; {cfg.steps} steps from step {self.run.start_step}",
+            f"prompt once per group: {self._prompt_sharing()}",
+            self.reward.describe(),
+        ]
+        self.log.print("\n".join(lines))
 
     def _load_data(self) -> tuple[list[MCQItem], list[MCQItem]]:
         d = self.cfg.data
@@ -234,18 +201,9 @@ class Trainer:
 
     # ---- one step ----------------------------------------------------------------------------
     def prompt_indices(self, step: int) -> list[int]:
-        """This rank's share of the step's prompts: a slice of a seeded permutation per epoch, so
-        the global batch is the same whatever the number of ranks."""
-        per_step = self.cfg.rollout.prompts_per_step
-        per_rank = per_step // self.world.size
-        first = step * per_step + self.world.rank * per_rank
-        return [self._epoch_order(k // len(self.items))[k % len(self.items)] for k in range(first, first + per_rank)]
-
-    @functools.lru_cache(maxsize=2)
-    def _epoch_order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.items)))
-        random.Random(self.cfg.seed + epoch).shuffle(order)
-        return order
+        """This rank's share of the step's prompts (socialr1.data.rank_share)."""
+        r, w = self.cfg.rollout, self.world
+        return rank_share(len(self.items), r.prompts_per_step, step, w.rank, w.size, self.cfg.seed)
 
     def rollout(self, step: int) -> Rollout:
         index = self.prompt_indices(step)
@@ -267,10 +225,12 @@ class Trainer:
 
     @torch.no_grad()
     def logprobs(self, model: Policy, batch: Rollout, group: int = 1) -> torch.Tensor:
-        """[N, C] log-probs of the completions under `model`, micro-batch by micro-batch."""
+        """[N, C] log-probs of the completions under `model`, micro-batch by micro-batch (a stop
+        asked meanwhile drops the step before the next one)."""
         out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=self.world.device)
         m = self.cfg.grpo.micro_batch_size
         for start, part in zip(range(0, len(batch), m), batch.split(m)):
+            self.run.gate()
             logp, _ = model.logprobs(part, self.cfg.rollout.temperature, group)
             out[start : start + m, : logp.shape[1]] = logp
         return out
@@ -278,7 +238,8 @@ class Trainer:
     def update(self, batch: Rollout, advantages: torch.Tensor, global_tokens: torch.Tensor | None = None) -> dict[str, float]:
         """num_iterations optimizer steps on this rank's rollouts. advantages: [N]; global_tokens:
         completion tokens over all ranks (summed here when not given). The micro-batch loop keeps
-        its sums on the device; they are read once, at the end."""
+        its sums on the device; they are read once, at the end. Until the first optimizer step, a
+        stop asked on any rank drops the step before the next micro-batch."""
         g, m = self.cfg.grpo, self.cfg.grpo.micro_batch_size
         self.policy.train()
         t0 = time.perf_counter()
@@ -293,10 +254,12 @@ class Trainer:
         parts = batch.split(m)
         sums = torch.zeros(6, dtype=torch.float64, device=self.world.device)  # loss, kl, low, high, region, entropy
         skipped = 0
-        for _ in range(g.num_iterations):
+        for iteration in range(g.num_iterations):
             self.opt.zero_grad(set_to_none=True)
             local_loss = torch.zeros((), device=self.world.device)
             for i, (start, part) in enumerate(zip(range(0, len(batch), m), parts)):
+                if iteration == 0:
+                    self.run.gate()
                 if g.grad_sync == "last":
                     self.policy.set_requires_gradient_sync(i == len(parts) - 1)
                 width = part.completion_ids.shape[1]
@@ -314,8 +277,8 @@ class Trainer:
                     [loss.detach() * w / self.world.size]
                     + [stats[k] * tokens for k in ("kl", "clip_ratio_low", "clip_ratio_high", "clip_ratio", "entropy")]
                 ).double()
-            grad_norm = self._clip()
-            skipped += self._guarded_step(local_loss, grad_norm)
+            grad_norm = clip_grad_norm(self.policy, self.cfg.optim.grad_clip)
+            skipped += guarded_step(self.opt, local_loss, grad_norm)
             self.sched.step()
         totals = torch.cat([D.all_reduce_sum(sums) / g.num_iterations, grad_norm.double()[None], global_tokens.double()[None]])
         loss, *weighted, grad_norm, tokens = totals.tolist()
@@ -325,28 +288,13 @@ class Trainer:
         out.update({k: v / tokens for k, v in zip(names, weighted)})
         return out
 
-    def _guarded_step(self, local_loss: torch.Tensor, grad_norm: torch.Tensor) -> int:
-        """Collective: the optimizer steps unless some rank's loss or the global grad norm is not
-        finite; then every rank skips it (weights and optimizer state unchanged). Returns 1 if skipped.
-        Its decision is the update's one host read per optimizer step."""
-        finite = (torch.isfinite(local_loss) & torch.isfinite(grad_norm)).float().cpu()
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item():
-            self.opt.step()
-            return 0
-        self.opt.zero_grad(set_to_none=True)
-        return 1
-
-    def _clip(self) -> torch.Tensor:
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        return D.full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
-
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         batch = self.rollout(step)
+        self.run.interrupt()  # before the reward services are called, if a stop came at the rollout's end
         t1 = time.perf_counter()
         scores = self.reward.score(batch.completion_ids, batch.completion_mask, self.features, batch.item_index, step)
+        self.run.gate()  # the step's first collective: a stop asked during rollout or reward drops the step
         scores, lengths, ended = self._gather_step(batch, scores)
         failed = scores.pop("failed", None)  # [N_global] 1 where an external reward service failed
         failed_frac = None if failed is None else failed.mean().item()
@@ -358,8 +306,7 @@ class Trainer:
         else:
             metrics = self.update(batch, adv[self.world.rank * n : (self.world.rank + 1) * n].to(self.world.device), lengths.sum())
             reason = "non-finite loss or grad norm" if metrics.pop("skipped") else None
-        self._count_skip(reason)
-        metrics["train/skipped_steps"] = self.skipped_total
+        self.run.count_skip(reason)
         if failed_frac is not None:
             metrics["reward/failed_frac"] = failed_frac
         t3 = time.perf_counter()
@@ -382,11 +329,6 @@ class Trainer:
         table = D.all_gather_cat(local).cpu().unbind(1)
         return dict(zip(scores, table)), table[-2], table[-1]
 
-    def _count_skip(self, reason: str | None) -> None:
-        self.skipped_total += reason is not None
-        self.skipped_in_a_row = self.skipped_in_a_row + 1 if reason else 0
-        self.skip_reason = reason
-
     def _rollout_metrics(self, lengths: torch.Tensor, ended: torch.Tensor, scores: dict[str, torch.Tensor]) -> dict[str, float]:
         out = {"completion/tokens": lengths.sum().item(), "completion/length_mean": lengths.mean().item(),
                "completion/length_min": lengths.min().item(), "completion/length_max": lengths.max().item(),
@@ -408,7 +350,7 @@ class Trainer:
             judge = self.reward.judge_replies[row] if row < len(self.reward.judge_replies) else ""
             self.log.text(step, f"samples/{row // g}", f"{head}\n\n{text}" + (f"\n\njudge: {judge}" if judge else ""))
 
-    # ---- the run -----------------------------------------------------------------------------
+    # ---- eval --------------------------------------------------------------------------------
     def run_eval(self, step: int) -> dict[str, float]:
         r = self.cfg.rollout
         self.policy.eval()
@@ -424,94 +366,11 @@ class Trainer:
         self.log.print(f"step {step}: eval accuracy {result['accuracy']:.3f}, format {result['format']:.3f} on {int(result['n'])} items ({per_type})")
         return result
 
-    def _resume(self, directory: Path) -> None:
-        meta = load_train_state(directory, self.policy, self.opt, self.sched)
-        self.start_step, self.skipped_total = meta["step"], meta["skipped_total"]
-        self.skipped_in_a_row = meta["skipped_in_a_row"]
-        self.last_checkpoint = directory
-        self.log.print(f"resumed from {directory} after step {self.start_step}")
-
-    def save(self, name: str, step: int, resumable: bool) -> None:
-        opt, sched = (self.opt, self.sched) if resumable else (None, None)
-        # Data order and the reward curriculum are functions of (seed, step); the TensorBoard step is the step.
-        meta = {"step": step, "config": dataclasses.asdict(self.cfg), "skipped_total": self.skipped_total,
-                "skipped_in_a_row": self.skipped_in_a_row, "prompts_seen": step * self.cfg.rollout.prompts_per_step}
-        save_checkpoint(self.policy, self.tokenizer, self.out / name, self.dtype, opt, sched, meta)
-        if resumable:
-            self.last_checkpoint = self.out / name
-            if self.world.is_main and self.cfg.keep_last:
-                prune_checkpoints(self.out, self.cfg.keep_last)
-
     def train(self) -> bool:
-        """Set up, then run the remaining steps. False when a signal stopped the run early (after a
-        resumable checkpoint), True when it ran to the end."""
+        """Set up, then run the remaining steps (socialr1/run.py). False when a signal stopped the
+        run early (after a resumable checkpoint), True when it ran to the end."""
         self.setup()
-        cfg = self.cfg
-        if self.replace_earlier_run and self.world.is_main:
-            shutil.rmtree(self.out)
-        dist.barrier()
-        self.log.start(self.start_step)
-        if self.eval_items and (self.start_step == 0 or cfg.eval_every and self.start_step % cfg.eval_every == 0):
-            self.run_eval(self.start_step)  # an eval due at the resumed step was dropped with the later metrics
-        with self._catch_stop_signals():
-            for step in range(self.start_step, cfg.steps):
-                metrics = self.step(step)
-                if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                    self.log.scalars(step, metrics)
-                self.log.advance(metrics["reward/total/mean"], metrics["time/step_s"])
-                self._stop_if_stuck()
-                done = step + 1
-                stop = done < cfg.steps and self._stop_agreed()
-                if (cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps) or stop:
-                    self.save(f"checkpoint-{done}", done, resumable=True)
-                if stop:
-                    self.log.print(f"stopped by signal after step {done}: checkpoint in {self.out / f'checkpoint-{done}'}")
-                    return False
-                if self.eval_items and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-                    self.run_eval(done)
-        if self.eval_items:
-            self.run_eval(cfg.steps)
-        self.save("final", cfg.steps, resumable=False)
-        if self.world.is_main:
-            plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
-        self.log.print(f"done: checkpoint in {self.out / 'final'}, TensorBoard: tensorboard --logdir {self.out / 'tb'}")
-        return True
-
-    # ---- stopping ------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _catch_stop_signals(self):
-        """SIGTERM / SIGINT only ask to stop after the current step; a second SIGINT exits at once
-        (a SIGTERM after a SIGINT does not: torchrun sends one to its workers after a Ctrl-C)."""
-
-        def ask(signum: int, frame) -> None:
-            if signum == signal.SIGINT and signal.SIGINT in self.stop_signals:
-                os._exit(128 + signum)
-            if not self.stop_signals:
-                print(f"rank {self.world.rank}: {signal.Signals(signum).name}: stopping after this step "
-                      "with a checkpoint (Ctrl-C again: exit now)", file=sys.stderr, flush=True)
-            self.stop_signals.append(signum)
-
-        previous = {s: signal.signal(s, ask) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    def _stop_agreed(self) -> bool:
-        """Collective: a signal on any rank stops every rank after the same step."""
-        flag = torch.tensor([float(bool(self.stop_signals))])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def _stop_if_stuck(self) -> None:
-        if self.skipped_in_a_row < self.cfg.max_skipped_steps:
-            return
-        last = self.last_checkpoint or "none yet (no checkpoint was written before the skips)"
-        raise RunStopped(
-            f"{self.skipped_in_a_row} steps in a row skipped ({self.skip_reason}); weights were left as they were. "
-            f"Last good checkpoint: {last}"
-        )
+        return self.run.train(self)
 
     def close(self) -> None:
         self.log.close()

@@ -9,7 +9,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.linear_logprobs import default_backend  # noqa: E402
+from socialr1.kernels.linear_logprobs import default_backend  # noqa: E402
 from socialr1.config import TrainConfig, parse  # noqa: E402
 from socialr1.rollout import Rollout, pad_left, stop_mask  # noqa: E402
 from socialr1.trainer import Trainer  # noqa: E402

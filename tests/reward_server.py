@@ -1,7 +1,8 @@
 """A real HTTP server on 127.0.0.1 that plays the reward services: OpenAI-style chat completions
 (the judge), LLaMA-Factory's /v1/score/evaluation and vLLM's /classify and /pooling (the reward
 model). A test scripts each reply from the request's text and its attempt number: a score, a
-delay, an HTTP error, a malformed body. It counts requests and the most in flight at once."""
+delay, an HTTP error (with headers such as Retry-After), a malformed body. It counts requests and
+the most in flight at once, and keeps every request body."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Reply:
     body: str | list[float] | bytes = ""
     status: int = 200
     delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 Script = Callable[[str, str, int], Reply]  # (judge or rm, request text, attempt number from 0) -> Reply
@@ -43,10 +45,27 @@ def scripted(kind: str, text: str, attempt: int) -> Reply:
     return Reply([float(tags.get("score") or 0.5)], delay=delay)
 
 
+def rate_limited(seconds: float, script: Script = scripted) -> Script:
+    """A service that answers HTTP 429 with Retry-After: `seconds` (rounded up) to every request
+    that arrives within `seconds` of its first one, then `script`'s replies."""
+    opened: list[float] = []
+
+    def reply(kind: str, text: str, attempt: int) -> Reply:
+        now = time.monotonic()
+        opened[:] = opened or [now]
+        if now - opened[0] < seconds:
+            return Reply("rate limited", status=429, headers=(("Retry-After", str(math.ceil(seconds))),))
+        return script(kind, text, attempt)
+
+    return reply
+
+
 class RewardServer:
     def __init__(self, script: Script = scripted):
         self.script, self.lock = script, threading.Lock()
         self.attempts: Counter[str] = Counter()
+        self.bodies: list[dict] = []  # every request's JSON body, in arrival order
+        self.statuses: Counter[int] = Counter()  # replies sent, by HTTP status
         self.requests, self.in_flight, self.max_in_flight = 0, 0, 0
         server = self
 
@@ -55,6 +74,7 @@ class RewardServer:
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.requests += 1
+                    server.bodies.append(request)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
@@ -75,13 +95,17 @@ class RewardServer:
                 worst = next((r for r in replies if r.status != 200 or isinstance(r.body, bytes)), None)
                 if worst is not None:
                     body = worst.body if isinstance(worst.body, bytes) else worst.body.encode()
-                    self._send(worst.status, body)
+                    self._send(worst.status, body, worst.headers)
                 else:
                     self._send(200, json.dumps(_reply(self.path, request, [r.body for r in replies])).encode())
 
-            def _send(self, status: int, body: bytes) -> None:
+            def _send(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
+                with server.lock:
+                    server.statuses[status] += 1
                 try:
                     self.send_response(status)
+                    for name, value in headers:
+                        self.send_header(name, value)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()

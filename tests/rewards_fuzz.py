@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from socialr1.items import LETTERS, MCQItem
 from socialr1.sip import SIPFormat
 
-UNICODE = ["é", "ü", "中文", "😀", "\u200b", "\xa0", "Ｂ", "e\u0301", "—", "«»", "\ufffd", "İ", "K"]
+UNICODE = ["é", "ü", "中文", "😀", "\u200b", "\xa0", "Ｂ", "e\u0301", "—", "«»", "\ufffd", "İ", "K", "\u3000", "\x1f", "\x85", "\u2028", "\ufeff"]
 
 
 def good_trace(
@@ -93,8 +93,8 @@ def _text_mutation(op: int, text: str, fmt: SIPFormat, item: MCQItem, rng: rando
         return text.replace("\n", rng.choice(["\r\n", "\t", " ", "\n\n", ""]))
     if op == 14:  # trailing whitespace
         return text + rng.choice(["\n", "\n\n", " \n", "\r\n", "\t"])
-    if op == 15:  # blanks or a lower-case letter before the answer letter
-        return text.replace(fmt.answer_open, fmt.answer_open + rng.choice([" ", "\n ", "\t", "x", " b "]), 1)
+    if op == 15:  # blanks (some outside ASCII) or a lower-case letter before the answer letter
+        return text.replace(fmt.answer_open, fmt.answer_open + rng.choice([" ", "\n ", "\t", "x", " b ", "\xa0", "\u3000"]), 1)
     if op == 16:  # something before the think block
         return rng.choice([" ", "\n", "ok ", "\ufeff"]) + text
     if op == 17:  # a stretch of the text said again and again

@@ -3,15 +3,19 @@
 shares constants (socialr1.rewards.constants: word lists, hash constants), the config and the
 per-item record type with the vectorized code, never a function, so that a bug on one side cannot hide on both.
 
-The text scored is the completion decoded with special tokens dropped (`<think>` kept; bytes of a
-character cut by truncation decode to U+FFFD). Conventions, chosen so that a byte-level tensor
+The text scored is the completion decoded with special tokens dropped (`<think>` kept), as
+Python decodes bytes with errors="replace": each maximal invalid UTF-8 sequence, such as the bytes
+of a character cut by truncation, is one U+FFFD. Conventions, chosen so that a byte-level tensor
 implementation sees exactly the same thing:
 - a *word* is a maximal run of ASCII letters/digits; anything else separates words;
 - a word's identity is its case-folded polynomial hash `word_key` (31 bits), an n-gram's is
   `ngram_key`;
 - a *content word* has at least two characters and is not a stopword;
-- *whitespace* is ASCII whitespace only;
+- *whitespace* is Python's: `str.strip()`, `str.isspace()` and the `re` class `\\s` on the decoded
+  text, which take in Unicode blanks such as U+00A0, U+3000 and U+001C-U+001F;
 - markers are found at every position where they occur (overlaps included).
+Social-R1's formula is written as the paper's code states it: Python regular expressions and
+`str.strip()` on the decoded text, at verl's global step (the first update is step 1).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Sequence
 from socialr1.items import LETTERS, MCQItem
 from socialr1.rewards.config import RewardConfig, SocialR1Config
 from socialr1.rewards.constants import (
-    CHAR_BASE, CHAR_CODE, HASH_MOD, MENTAL_WORDS, NGRAM_BASE, REASONING_WORDS, SENTENCE_END, STOPWORDS, WHITESPACE,
+    CHAR_BASE, CHAR_CODE, HASH_MOD, MENTAL_WORDS, NGRAM_BASE, REASONING_WORDS, SENTENCE_END, STOPWORDS,
 )
 from socialr1.rewards.targets import ItemTargets  # the record only: its fields are computed here
 from socialr1.sip import SIPFormat
@@ -121,7 +125,7 @@ def find_all(text: str, marker: str) -> list[int]:
 
 
 def blank(text: str) -> bool:
-    return all(ch in WHITESPACE for ch in text)
+    return not text.strip()
 
 
 def sigmoid(x: float) -> float:
@@ -153,7 +157,7 @@ def choice(text: str, fmt: SIPFormat, n_options: int) -> int:
     opens, closes = find_all(text, fmt.answer_open), find_all(text, fmt.answer_close)
     if len(opens) != 1 or len(closes) != 1 or opens[0] + len(fmt.answer_open) > closes[0]:
         return -1
-    payload = text[opens[0] + len(fmt.answer_open) : closes[0]].strip(WHITESPACE)
+    payload = text[opens[0] + len(fmt.answer_open) : closes[0]].strip()
     return LETTERS.index(payload) if len(payload) == 1 and payload in LETTERS[:n_options] else -1
 
 
@@ -294,30 +298,41 @@ def reference_scores(
 # ---------------------------------------------------------------- Social-R1's published reward
 
 
+def think_text(text: str, fmt: SIPFormat = SIPFormat()) -> str:
+    """T: the first think block's text, stripped (Python's str.strip())."""
+    think = re.search(f"{re.escape(fmt.think_open)}(.*?){re.escape(fmt.think_close)}", text, re.DOTALL)
+    return think.group(1).strip() if think else ""
+
+
+def answer_letter(text: str, fmt: SIPFormat = SIPFormat()) -> str | None:
+    """The letter of the first <Answer>\\s*([A-Z])[\\s\\S]*?</Answer> match (Python's \\s), if any."""
+    ao, ac = re.escape(fmt.answer_open), re.escape(fmt.answer_close)
+    answer = re.search(f"{ao}\\s*([A-Z])[\\s\\S]*?{ac}", text)
+    return answer.group(1) if answer else None
+
+
 def social_r1_scores(
     text: str,
     gold: int,
-    step: int,
+    global_step: int,
     structure: float | None,
     content: float | None,
     config: SocialR1Config,
     fmt: SIPFormat = SIPFormat(),
 ) -> dict[str, float]:
-    """Every component of Social-R1's reward for one decoded completion. structure S in [0, 1] and
-    content C (a raw reward-model score) are given; None means that scorer failed: its term is 0."""
-    ws = "[" + re.escape(WHITESPACE) + "]"
+    """Every component of Social-R1's reward for one decoded completion at verl's `global_step`
+    (1 at the first update). structure S in [0, 1] and content C (a raw reward-model score) are
+    given; None means that scorer failed: its term is 0."""
     to, tc, ao, ac = (re.escape(m) for m in (fmt.think_open, fmt.think_close, fmt.answer_open, fmt.answer_close))
     F = 1.0 if re.search(f"^{to}(.*?){tc}(.*?){ao}(.*?){ac}$", text, re.DOTALL) else 0.0
-    answer = re.search(f"{ao}{ws}*([A-Z])[\\s\\S]*?{ac}", text)
-    em = 1.0 if answer and answer.group(1) == LETTERS[gold] else 0.0
-    think = re.search(f"{to}(.*?){tc}", text, re.DOTALL)
-    T = think.group(1).strip(WHITESPACE) if think else ""
+    em = 1.0 if answer_letter(text, fmt) == LETTERS[gold] else 0.0
+    T = think_text(text, fmt)
     L, n = len(T), config.rep_n
     lp = sigmoid((L - config.len_low) / config.len_softness) * sigmoid((config.len_high - L) / config.len_softness)
     grams = [T[i : i + n] for i in range(L - n + 1)]
     rho = (len(grams) - len(set(grams))) / len(grams) if grams else 0.0
     rp = math.exp(-config.rep_slope * (rho - config.rep_threshold)) if rho > config.rep_threshold else 1.0
-    p = min(1.0, step / config.curriculum_steps)
+    p = min(1.0, global_step / config.curriculum_steps)
     w_s = config.w_structure_start * (1 - p) + config.w_structure_end * p
     w_c = config.w_content_start * (1 - p) + config.w_content_end * p
     tau = 1.0 if em else config.tau_wrong

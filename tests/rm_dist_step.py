@@ -15,6 +15,7 @@ from socialr1.reward_model.trainer import RMTrainer  # noqa: E402
 
 
 def first_steps(trainer: RMTrainer) -> dict:
+    trainer.setup()
     micro_batches = len(trainer.micro_batches(trainer.pair_indices(0)))
     metrics = [trainer.step(s) for s in range(trainer.cfg.steps)]
     state = get_model_state_dict(trainer.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -1,7 +1,9 @@
 """What the first GPU run would otherwise find: FSDP2 mixed precision, resharding, loading, HF's
 auto-compile and the flash-attn import, checked on CPU (FSDP2 on 2 real gloo ranks)."""
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -108,10 +110,29 @@ def test_random_init_builds_the_configs_shape_from_config_and_tokenizer_only(tmp
 
 
 def test_gpu_check_dry_run_passes_on_cpu(tmp_path):
-    """Every part of the GPU check runs (tiny shapes, CPU) and its verdict table has no failure."""
+    """Every part of the GPU check runs (tiny shapes, CPU) and its verdict table has no failure,
+    the gradient and training checks included: the policy's loss gradient against float32 logits,
+    rewards that differ within groups, a non-zero gradient and weights that moved."""
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
-    assert {r["part"] for r in rows} == {"kernels", "rollout", "attention", "train"}
+    assert {r["part"] for r in rows} == {"kernels", "rollout", "attention", "gradients", "train"}
+    checks = {r["check"] for r in rows}
+    for check in ("gradients: policy (fused kernels, bf16) vs float32 logits", "train.py: rewards differ within groups",
+                  "train.py: loss, KL, grad norm finite; grad norm non-zero", "train.py: weights moved"):
+        assert check in checks, check
     assert "all checks passed" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_gpu_check_writes_under_runs_by_default():
+    """Its results go where --out-dir points, by default runs/gpu_check: git-ignored, so a check
+    (CI runs the dry run) leaves the checkout clean."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = gpu_check.Config().out_dir
+    assert out == ROOT / "runs" / "gpu_check"
+    if shutil.which("git") and (ROOT / ".git").exists():
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(out / "gpu_check.md")], cwd=ROOT)
+        assert ignored.returncode == 0, f"{out} is not git-ignored"

@@ -6,7 +6,7 @@ import statistics
 import pytest
 import torch
 
-from kernels import grpo_loss
+from socialr1.kernels import grpo_loss
 from socialr1.grpo import group_advantages, microbatch_weight, zero_std_fraction
 
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]

@@ -13,8 +13,8 @@ TRITON_IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import chunked, grpo_loss, linear_logprobs, vocab_slabs  # noqa: E402
-from kernels.linear_logprobs import _impl, default_backend  # noqa: E402
+from socialr1.kernels import chunked, grpo_loss, linear_logprobs, vocab_slabs  # noqa: E402
+from socialr1.kernels.linear_logprobs import _impl, default_backend  # noqa: E402
 
 TRITON = pytest.param("triton", marks=pytest.mark.skipif(not TRITON_IN_PROCESS, reason="runs in the child pytest"))
 BACKENDS = ["naive", "torch", TRITON]
@@ -328,7 +328,7 @@ def test_triton_kernels_compile_for_gpus(arch, mma, dtype):
     tools = _nvidia_tools()
     if not ((tools / "ptxas").exists() and (tools / "cuobjdump").exists()):
         pytest.skip(f"this Triton wheel has no ptxas / cuobjdump in {tools}")
-    from kernels import triton_logprobs
+    from socialr1.kernels import triton_logprobs
 
     config = triton_logprobs.launch_config(torch.bfloat16 if dtype == "bf16" else torch.float32)
     kernels = [(triton_logprobs._grad_logits_kernel, config)] + [

@@ -1,14 +1,19 @@
-"""Runs that survive: SIGKILL at any moment (mid-checkpoint too) and `--resume auto` give the
-uninterrupted run's weights bitwise; SIGTERM on one of 2 gloo ranks stops both with a checkpoint;
-non-finite steps and failing reward services are skipped on every rank; every bad input is one
-line and exit status 1. Real processes, made to fail at named points by tests/hooked_train.py."""
+"""Runs that survive, for both trainers (GRPO and the reward model, one run layer: socialr1/run.py):
+SIGKILL at any moment (mid-checkpoint too) and `--resume auto` give the uninterrupted run's weights
+bitwise (GRPO with a warm start too: its KL reference is restored); SIGTERM on one of 2 gloo ranks
+stops both with a checkpoint, and SIGTERM to torchrun in the middle of a 60-second step leaves one
+within torchrun's 30-second grace; non-finite steps and failing reward services are skipped on every
+rank; every bad input is one line and exit status 1. Real processes, made to fail at named points by
+tests/hooked_train.py."""
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,11 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 QWEN3 = ROOT.parent / "shared" / "tokenizers" / "qwen3"
 COMMON = [*TINY, "--steps", "4", "--rollout.max-new-tokens", "12", "--rollout.prompts-per-step", "4",
           "--optim.warmup-steps", "3", "--optim.schedule", "cosine"]
+RM_COMMON = ["reward-model", "rm-demo", "--data.synthetic", "48", "--data.eval-synthetic", "0", "--model.tiny-hidden-size", "32",
+             "--model.tiny-vocab-size", "400", "--pairs-per-step", "8", "--token-budget", "1500", "--steps", "4",
+             "--optim.warmup-steps", "3", "--optim.schedule", "cosine"]
+RUNS = {"grpo": COMMON, "grpo-warm-start": [*COMMON, "--warmstart.steps", "3"], "reward-model": RM_COMMON}
+ARCHITECTURE = {"grpo": "Qwen3ForCausalLM", "grpo-warm-start": "Qwen3ForCausalLM", "reward-model": "Qwen3ForSequenceClassification"}
 NOT_COMPARED = ("time", "time/", "throughput/")  # wall-clock values differ between any two runs
 
 
-def train(out: Path, *extra: str, hooks: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "tests" / "hooked_train.py"), json.dumps(hooks or {}), *COMMON,
+def train(out: Path, *extra: str, hooks: dict | None = None, kind: str = "grpo") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "tests" / "hooked_train.py"), json.dumps(hooks or {}), *RUNS[kind],
            "--output-dir", str(out), *extra]
     # One thread: on a shared 2-core machine more threads spin against each other (3x slower here).
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -43,56 +53,119 @@ def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {k: v for f in sorted(checkpoint.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return bool(wa) and wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def last_line(done: subprocess.CompletedProcess) -> str:
     return done.stderr.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("straight")
-    done = train(out, "--save-every", "2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+def straight(tmp_path_factory):
+    """The uninterrupted run of each kind, made once."""
+    made: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in made:
+            made[kind] = tmp_path_factory.mktemp(f"straight-{kind}")
+            done = train(made[kind], "--save-every", "2", kind=kind)
+            assert done.returncode == 0, done.stderr[-3000:]
+        return made[kind]
+
+    return get
 
 
-def test_sigkill_mid_checkpoint_then_resume_auto_is_the_uninterrupted_run(straight, tmp_path):
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_sigkill_mid_checkpoint_then_resume_auto_is_the_uninterrupted_run(kind, straight, tmp_path):
     out = tmp_path / "run"
-    killed = train(out, "--save-every", "1", "--keep-last", "2", hooks={"kill_in_save": "checkpoint-3"})
+    killed = train(out, "--save-every", "1", "--keep-last", "2", hooks={"kill_in_save": "checkpoint-3"}, kind=kind)
     assert killed.returncode == -9
     assert sorted(p.name for p in out.iterdir()) == [".checkpoint-3.partial", "checkpoint-1", "checkpoint-2", "metrics.jsonl", "tb"]
     assert [r["step"] for r in rows(out)] == [0, 1, 2]
 
-    resumed = train(out, "--save-every", "1", "--keep-last", "2", "--resume", "auto")
+    resumed = train(out, "--save-every", "1", "--keep-last", "2", "--resume", "auto", kind=kind)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {out / 'checkpoint-2'}" in resumed.stdout
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]  # --keep-last 2
-    a, b = weights(straight / "final"), weights(out / "final")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(straight(kind) / "final", out / "final")
     assert [r["step"] for r in rows(out)] == [0, 1, 2, 3]  # step 2 ran twice; it is written once
-    for x, y in zip(rows(straight), rows(out)):
+    for x, y in zip(rows(straight(kind)), rows(out)):
         assert {k: v for k, v in x.items() if not k.startswith(NOT_COMPARED)} == {k: v for k, v in y.items() if not k.startswith(NOT_COMPARED)}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tb")).Reload()
     assert [e.step for e in events.Scalars("loss")] == [0, 1, 2, 3]
-    assert json.loads((out / "final" / "config.json").read_text())["dtype"] == "float32"
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["dtype"] == "float32" and config["architectures"] == [ARCHITECTURE[kind]]
 
 
-def test_sigterm_on_one_of_two_ranks_stops_both_with_a_checkpoint(tmp_path):
+def test_warm_started_reference_is_restored_on_resume(straight, tmp_path):
+    """The KL reference is the warm-started policy in the straight run; a resume must not rebuild it
+    from the freshly initialised weights (the final weights would differ: 6.8e-4 seen)."""
     out = tmp_path / "run"
-    args = [*COMMON, "--steps", "3", "--output-dir", str(out)]
-    hooks = json.dumps({"signal_at_step": [1, 1, "SIGTERM", 1]})  # rank 1 only: rank 0 learns it through a collective
-    stopped = torchrun(2, "tests/hooked_train.py", [hooks, *args], tmp_path)
-    assert "to resume: torchrun --nproc_per_node 2" in stopped.stdout and "--resume auto" in stopped.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "metrics.jsonl", "tb"]
-    torchrun(2, "tests/hooked_train.py", ["{}", *args, "--resume", "auto"], tmp_path)
-    assert [r["step"] for r in rows(out)] == [0, 1, 2] and weights(out / "final")
+    shutil.copytree(straight("grpo-warm-start") / "checkpoint-2", out / "checkpoint-2")
+    assert train(out, "--resume", str(out / "checkpoint-2"), kind="grpo-warm-start").returncode == 0
+    assert same_weights(straight("grpo-warm-start") / "final", out / "final")
 
-    straight = tmp_path / "straight"
-    torchrun(2, "train.py", [*COMMON, "--steps", "3", "--output-dir", str(straight)], tmp_path)
-    a, b = weights(straight / "final"), weights(out / "final")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+
+# On 2 ranks: 3 steps; GRPO checks for a stop at every decode step, the reward model's micro-batches
+# hold one pair each (what the slow step below needs; the straight run shares the settings).
+TWO_RANKS = {"grpo": [*COMMON, "--steps", "3", "--rollout.check-every", "1"],
+             "reward-model": [*RM_COMMON, "--steps", "3", "--token-budget", "300"]}
+
+
+@pytest.fixture(scope="module")
+def straight_on_two_ranks(tmp_path_factory):
+    made: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in made:
+            made[kind] = tmp_path_factory.mktemp(f"straight2-{kind}")
+            torchrun(2, "train.py", [*TWO_RANKS[kind], "--output-dir", str(made[kind] / "run")], made[kind])
+        return made[kind] / "run"
+
+    return get
+
+
+@pytest.mark.parametrize("kind", ["grpo", "reward-model"])
+def test_sigterm_on_one_of_two_ranks_stops_both_with_a_checkpoint(kind, tmp_path):
+    """Rank 1 alone is signalled as step 1 begins: rank 0 learns it at the next gate, both drop
+    step 1 (no weight had changed), write checkpoint-1 and exit 0."""
+    out = tmp_path / "run"
+    hooks = json.dumps({"signal_at_step": [1, 1, "SIGTERM", 1]})
+    stopped = torchrun(2, "tests/hooked_train.py", [hooks, *TWO_RANKS[kind], "--output-dir", str(out)], tmp_path)
+    assert "to resume: torchrun --nproc_per_node 2" in stopped.stdout and "--resume auto" in stopped.stdout
+    assert "stopped by signal: dropped step 1" in stopped.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "metrics.jsonl", "tb"]
+    assert [r["step"] for r in rows(out)] == [0]
+
+
+@pytest.mark.parametrize("kind", ["grpo", "reward-model"])
+def test_sigterm_to_torchrun_during_a_60_second_step_leaves_a_checkpoint_in_its_grace(kind, tmp_path, straight_on_two_ranks):
+    """Step 1 takes 60 s (12 decode steps of 5 s; 4 micro-batches of 15 s). SIGTERM to torchrun
+    5 s into it: torchrun forwards it and kills what still runs 30 s later; the ranks drop the step
+    and write checkpoint-1 well before. `--resume auto` then ends with the uninterrupted run's weights."""
+    out, started = tmp_path / "run", tmp_path / "step-1-started"
+    hooks = json.dumps({"slow_step": [1, {"grpo": 5, "reward-model": 15}[kind], str(started)]})
+    port = 29500 + (os.getpid() + 7) % 1000
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(ROOT / "tests" / "hooked_train.py"), hooks, *TWO_RANKS[kind], "--output-dir", str(out)]
+    run = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not started.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(5)
+    run.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    stdout, stderr = run.communicate(timeout=120)
+    assert time.monotonic() - signalled < 30 and "forcefully exiting" not in stderr, stderr[-3000:]
+    assert "stopped by signal: dropped step 1" in stdout, stdout[-2000:] + stderr[-3000:]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+
+    torchrun(2, "tests/hooked_train.py", ["{}", *TWO_RANKS[kind], "--output-dir", str(out), "--resume", "auto"], tmp_path)
+    assert same_weights(straight_on_two_ranks(kind) / "final", out / "final")
 
 
 def test_second_sigint_exits_at_once(tmp_path):
@@ -129,6 +202,16 @@ def test_non_finite_loss_and_failing_reward_services_skip_the_step_and_k_in_a_ro
     assert not (out / "checkpoint-3").exists()
 
 
+def test_reward_model_skips_a_non_finite_step_and_k_in_a_row_stop_it(tmp_path):
+    out = tmp_path / "run"
+    done = train(out, "--save-every", "1", "--max-skipped-steps", "2", hooks={"nan_loss_steps": [1, 2]}, kind="reward-model")
+    assert done.returncode == 1
+    assert last_line(done) == ("error: 2 steps in a row skipped (non-finite loss or grad norm); weights were left as "
+                               f"they were. Last good checkpoint: {out / 'checkpoint-2'}")
+    assert [r["train/skipped_steps"] for r in rows(out)] == [0, 1, 2]
+    _same_train_state(out / "checkpoint-1", out / "checkpoint-2", tmp_path)
+
+
 def test_export_config_states_the_saved_dtype(tmp_path, tokenizer, lm, world):
     from socialr1 import distributed as D
     from socialr1.checkpoint import save_checkpoint
@@ -139,6 +222,23 @@ def test_export_config_states_the_saved_dtype(tmp_path, tokenizer, lm, world):
     save_checkpoint(policy, tokenizer, tmp_path / "final", torch.bfloat16)
     assert json.loads((tmp_path / "final" / "config.json").read_text())["dtype"] == "bfloat16"
     assert {w.dtype for w in weights(tmp_path / "final").values()} == {torch.bfloat16}
+
+
+def test_saved_config_names_the_class_trained_from_a_loaded_model(tmp_path, data_file, tokenizer, lm, world):
+    """vLLM and other servers pick the model class from config.json's `architectures`: a policy
+    saves its causal LM class, a reward model started from a causal LM saves the classifier's."""
+    import train as train_py
+
+    model = tmp_path / "model"
+    lm.save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    small = ["--model.name-or-path", str(model), "--steps", "1", "--device", "cpu", "--save-every", "0"]
+    train_py.main(["socialr1-4b", *small, "--data.path", str(data_file), "--rollout.prompts-per-step", "2",
+                   "--rollout.max-new-tokens", "4", "--output-dir", str(tmp_path / "grpo")])
+    train_py.main(["reward-model", "rm-qwen3-4b", *small, "--data.synthetic", "16", "--pairs-per-step", "4",
+                   "--output-dir", str(tmp_path / "rm")])
+    for run, name in (("grpo", "Qwen3ForCausalLM"), ("rm", "Qwen3ForSequenceClassification")):
+        assert json.loads((tmp_path / run / "final" / "config.json").read_text())["architectures"] == [name]
 
 
 # ---- bad input: one line, exit status 1, before expensive work --------------------------------------
@@ -241,7 +341,7 @@ def test_bad_input_resume_without_training_state(tmp_path):
 
 
 def test_bad_input_resume_with_other_shapes(straight, tmp_path):
-    shutil.copytree(straight / "checkpoint-2", tmp_path / "checkpoint-2")
+    shutil.copytree(straight("grpo") / "checkpoint-2", tmp_path / "checkpoint-2")
     msg = run_main(*COMMON, "--model.tiny-hidden-size", "32", "--resume", str(tmp_path / "checkpoint-2"),
                    "--output-dir", str(tmp_path / "o"))
     assert msg == (f"error: --resume {tmp_path / 'checkpoint-2'}: the checkpoint was trained with other shapes: "

@@ -2,19 +2,28 @@
 the LLM judge, the reward-model scoring APIs, and the in-process reward model; failures never
 become reward. Also Social-R1's formula on hand-computed cases, and a GRPO step that uses them."""
 
+import asyncio
+import email.utils
 import math
 import random
+import time
 
+import openai
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, Qwen3Config
 
+from socialr1.errors import ConfigError
 from socialr1.rewards import JudgeConfig, RewardConfig, RewardModelConfig, SIPReward, rm_input
+from socialr1.grpo import STD_EPS, group_advantages
+from socialr1.rewards.content import rm_template
 from socialr1.rewards.judge import parse_score
+from socialr1.rewards import remote
+from socialr1.rewards.remote import backoff
 from socialr1.sip import SIPFormat
 from socialr1.synthetic import generate_items
 from tests import rewards_reference as ref
-from tests.reward_server import RewardServer
+from tests.reward_server import Reply, RewardServer, rate_limited
 
 ITEM = generate_items(1, seed=11)[0]
 WRONG = next(x for x in ITEM.letters if x != ITEM.answer_letter)
@@ -83,7 +92,7 @@ def test_social_r1_by_hand(tokenizer, server):
         "no format": "Answer: " + trace(think_of(exact, 1000)),
         "newline after": trace(think_of(exact, 1000)) + "\n",  # `$` matches before a final newline
     }
-    for step, w_s, w_c in ((0, 2.0, 1.0), (100, 1.5, 2.0), (200, 1.0, 3.0), (400, 1.0, 3.0)):
+    for step, w_s, w_c in ((0, 1.995, 1.01), (99, 1.5, 2.0), (199, 1.0, 3.0), (400, 1.0, 3.0)):  # trainer steps: p = (step + 1) / 200
         half = 1 + w_s * 0.5 + w_c * 2.5**1.2  # correct, S = C = 0.5
         want = {
             "correct": (1 + w_s * 1 + w_c * 2**1.2) * lp(1000),
@@ -123,7 +132,7 @@ def test_judge_retries_parses_strictly_and_never_rewards_failures(tokenizer, ser
     assert server.requests == 1 + 1 + 3 * 4  # retries: 2 after a failed attempt
     for row in (3, 4, 5):  # a failed judge counts 0, exactly as the reference with S missing
         want = ref.social_r1_scores(
-            texts[row], ITEM.answer, 50, None, s["content"][row].item(), config.social_r1
+            texts[row], ITEM.answer, 51, None, s["content"][row].item(), config.social_r1
         )
         assert s["total"][row].item() == pytest.approx(want["total"], rel=1e-5)
     assert reward.judge_replies[0].endswith("<Score>0.8</Score>") and reward.judge_replies[3] == ""
@@ -257,7 +266,151 @@ def test_presets_say_which_reward_they_run_and_fall_back(tokenizer, server):
     assert (wired.structure_scorer, wired.content_scorer, wired.external) == ("judge", "endpoint", True)
     assert "judge j at" in wired.describe() and "llamafactory scoring API" in wired.describe()
     assert parse(["demo"]).reward.formula_used == "sip"
-    with pytest.raises(ValueError, match="--reward.rm.path"):
+    with pytest.raises(ConfigError, match="--reward.rm.path"):
         RewardConfig(content="model")
-    with pytest.raises(ValueError, match="--reward.judge.api-key-env NO_SUCH_VARIABLE_8"):
+    with pytest.raises(ConfigError, match="--reward.judge.api-key-env NO_SUCH_VARIABLE_8"):
         RewardConfig(judge=JudgeConfig(api_key_env="NO_SUCH_VARIABLE_8"))
+    judge_alone = parse(["socialr1-4b", "--reward.judge.base-url", server.url + "/v1", "--reward.judge.model", "j"]).reward
+    rm_alone = parse(["socialr1-4b", "--reward.rm.url", server.url + "/v1/score/evaluation"]).reward
+    assert "the offline lexical content score stands in for the paper's reward model" in judge_alone.describe()
+    assert "the offline lexical structure score stands in for the paper's judge" in rm_alone.describe()
+    assert "stands in" not in wired.describe()
+
+
+def test_curriculum_counts_the_first_update_as_step_one(tokenizer):
+    """The paper's code (verl) scores its first update as global step 1: p = 1/200 there, and the
+    curriculum ends (p = 1) at global step 200, the trainer's 0-based step 199."""
+    reward = SIPReward(tokenizer, RewardConfig(formula="social-r1"))
+    for step, p in ((0, 1 / 200), (1, 2 / 200), (198, 199 / 200), (199, 1.0), (500, 1.0)):
+        s = score(reward, [trace(think_of("", 600))], step)
+        assert (s["w_s"].item(), s["w_c"].item()) == pytest.approx((2 - p, 1 + 2 * p), rel=1e-6), step
+
+
+def test_a_judge_rate_limited_for_two_seconds_costs_no_failures(tokenizer):
+    """HTTP 429 with Retry-After: 2 to every request of the first 2 s: each waits as asked and
+    is answered on its next attempt."""
+    with RewardServer(rate_limited(2.0)) as server:
+        reward = SIPReward(tokenizer, RewardConfig(judge=judge_config(server, timeout=5.0, retries=2)))
+        start = time.monotonic()
+        s = score(reward, [trace(think_of("[judge-score 0.7]", 300, k)) for k in range(40)])
+        elapsed = time.monotonic() - start
+    assert s["judge_failed"].sum() == 0 and s["structure"].tolist() == pytest.approx([0.7] * 40)
+    assert server.statuses == {429: 40, 200: 40} and 2.0 <= elapsed < 4.5
+
+
+def status_error(status: int, headers: dict[str, str]) -> openai.APIStatusError:
+    """The error our client raises for a reply of `status` with `headers` from the loopback server."""
+
+    async def ask() -> None:
+        async with remote.client(server.url + "/v1", None, 5.0) as client:
+            await client.chat.completions.create(model="j", messages=[{"role": "user", "content": "x"}])
+
+    with RewardServer(lambda kind, text, attempt: Reply("refused", status=status, headers=tuple(headers.items()))) as server:
+        with pytest.raises(openai.APIStatusError) as caught:
+            asyncio.run(ask())
+    return caught.value
+
+
+def test_backoff_honours_retry_after_within_the_timeout():
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 3.0 <= backoff(status_error(429, {"Retry-After": "3"}), 0, 60) <= 3.35
+    assert 0.25 <= backoff(status_error(503, {"retry-after-ms": "250"}), 0, 60) <= 0.33
+    assert 28 <= backoff(status_error(429, {"Retry-After": when}), 0, 60) <= 33.1  # an HTTP date
+    assert backoff(status_error(429, {"Retry-After": "120"}), 0, 60) == 60  # never past the per-call timeout
+    for k in range(4):  # no Retry-After: from a second after a 429 or 5xx, a tenth after anything else
+        assert 0.5 * 2**k <= backoff(status_error(500, {}), k, 60) <= 2**k
+        assert 0.05 * 2**k <= backoff(status_error(400, {}), k, 60) <= 0.1 * 2**k
+        assert 0.05 * 2**k <= backoff(ValueError("malformed"), k, 60) <= 0.1 * 2**k
+    assert backoff(status_error(429, {"Retry-After": "soon"}), 0, 60) <= 1.0  # unreadable: as if absent
+
+
+@pytest.mark.parametrize("thinking, sent", [("off", {"enable_thinking": False}), ("on", {"enable_thinking": True}), ("unset", None)])
+def test_judge_request_carries_templates_and_thinking(tokenizer, server, tmp_path, thinking, sent):
+    prompt, system = tmp_path / "prompt.txt", tmp_path / "system.txt"
+    prompt.write_text("Stages:\n{stages}\nStory: {story}\nQ: {question}\nOptions:\n{options}\n<R>{reasoning}</R> {{literal}}")
+    system.write_text("Grade reasoning about: {question}")
+    judge = judge_config(server, prompt=str(prompt), system=str(system), thinking=thinking)
+    reward = SIPReward(tokenizer, RewardConfig(judge=judge))
+    think = think_of("[judge-score 0.25]", 300)
+    s = score(reward, [trace(think)])
+    assert s["structure"].item() == 0.25 and len(server.bodies) == 1
+    body = server.bodies[0]
+    fmt = SIPFormat()
+    options = "\n".join(f"{x}. {o}" for x, o in zip(ITEM.letters, ITEM.options))
+    stages = "\n".join(f"{k + 1}. {n}: {h}" for k, (n, h) in enumerate(zip(fmt.stages, fmt.stage_hints)))
+    assert body["messages"] == [
+        {"role": "system", "content": f"Grade reasoning about: {ITEM.question}"},
+        {"role": "user", "content": f"Stages:\n{stages}\nStory: {ITEM.story}\nQ: {ITEM.question}\nOptions:\n{options}\n<R>{think}</R> {{literal}}"},
+    ]
+    assert body.get("chat_template_kwargs") == sent and ("chat_template_kwargs" in body) == (sent is not None)
+
+
+def test_empty_system_file_sends_no_system_message(tokenizer, server, tmp_path):
+    empty = tmp_path / "system.txt"
+    empty.write_text("")
+    score(SIPReward(tokenizer, RewardConfig(judge=judge_config(server, system=str(empty)))), [trace(think_of("", 300))])
+    assert [m["role"] for m in server.bodies[0]["messages"]] == ["user"]
+
+
+REPLIES = {
+    "[reply 1]": "Fine. <Score>0.3</Score> On reflection, <Score>0.7</Score>",
+    "[reply 2]": " 0.6\n",
+    "[reply 3]": "Follows the stages. <Score>0.9</Score>",
+    "[reply 4]": "I cannot grade this.",
+    "[reply 5]": "<Score>nan</Score>",
+    "[reply 6]": "<Score>3</Score> and then <Score>-2",
+}
+
+
+@pytest.mark.parametrize("rule, want", [
+    ("strict", [None, None, 0.9, None, None, None]),
+    ("last", [0.7, 0.6, 0.9, None, None, 0.0]),
+])
+def test_judge_parse_rules(tokenizer, rule, want):
+    def script(kind: str, text: str, attempt: int) -> Reply:
+        return Reply(next(r for tag, r in REPLIES.items() if tag in text))
+
+    with RewardServer(script) as server:
+        reward = SIPReward(tokenizer, RewardConfig(judge=judge_config(server, parse=rule, retries=0)))
+        s = score(reward, [trace(think_of(tag, 300)) for tag in REPLIES])
+    assert s["judge_failed"].tolist() == [float(w is None) for w in want]
+    assert s["structure"].tolist() == pytest.approx([0.0 if w is None else w for w in want])
+
+
+def test_reward_model_template_reaches_the_scoring_api(tokenizer, server, tmp_path):
+    path = tmp_path / "rm.txt"
+    path.write_text("{question}[Reasoning] {reasoning}")
+    config = RewardConfig(formula="social-r1", rm=rm_config(server, template=str(path)))
+    think = think_of("[rm-score 1.5]", 500)
+    s = score(SIPReward(tokenizer, config), [trace(think)])
+    assert s["content"].item() == pytest.approx(1.5)
+    assert server.bodies[0]["messages"] == [f"{ITEM.question}[Reasoning] {think}"]
+    assert rm_input("S", "Q", "T", rm_template(str(path))) == "Q[Reasoning] T"
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_a_failed_sample_leaves_its_group_as_if_it_were_not_there(tokenizer, server, scale):
+    """Two groups of four scored by the judge; one sample of the first fails after its retries.
+    Its advantage is 0 and its group's others equal those of the three-sample group; under
+    scale batch, the batch std is over the valid samples."""
+    tags = ["[judge-score 0.9]", "[judge-fail 9]", "[judge-score 0.2]", "[judge-score 0.5]",
+            "[judge-score 0.1]", "[judge-score 0.4]", "[judge-score 0.8]", "[judge-score 0.6]"]
+    reward = SIPReward(tokenizer, RewardConfig(formula="social-r1", judge=judge_config(server, retries=0)))
+    s = score(reward, [trace(think_of(t, 800, k)) for k, t in enumerate(tags)], 50)
+    total, valid = s["total"].double(), s["failed"] == 0
+    assert valid.tolist() == [True, False, True, True, True, True, True, True]
+    adv = group_advantages(total, 4, scale, valid)
+    assert adv[1] == 0
+    alone = group_advantages(total[[0, 2, 3]], 3, "group" if scale == "group" else "none")
+    if scale == "batch":
+        alone = alone / (total[valid].std() + STD_EPS)
+    torch.testing.assert_close(adv[[0, 2, 3]], alone, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(adv[4:], group_advantages(total, 4, scale)[4:] if scale != "batch" else
+                               (total[4:] - total[4:].mean()) / (total[valid].std() + STD_EPS), rtol=1e-12, atol=1e-12)
+    assert torch.equal(group_advantages(total, 4, scale, torch.ones(8, dtype=torch.bool)), group_advantages(total, 4, scale))
+
+
+def test_group_advantages_of_lone_and_empty_groups():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    adv = group_advantages(rewards, 3, "group", torch.tensor([True, False, False, False, False, False]))
+    assert adv.tolist() == [0.0] * 6  # one valid sample: nothing to compare with; none: nothing to learn

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from socialr1.errors import ConfigError
 from socialr1.items import MCQItem
 from socialr1.rewards import RewardConfig, SIPReward
 from socialr1.rewards.lexical import _token_bytes
@@ -42,7 +43,8 @@ def reference(tokenizer, ids, mask, items, index, step, config, fmt=FMT) -> dict
         if config.formula_used == "social-r1":
             lo, hi = config.social_r1.lexical_content_range
             content = lo + (hi - lo) * scores["content"]
-            scores = ref.social_r1_scores(text, items[i].answer, step, scores["structure"], content, config.social_r1, fmt)
+            # the trainer's step is 0-based, verl's global step counts the first update as 1
+            scores = ref.social_r1_scores(text, items[i].answer, step + 1, scores["structure"], content, config.social_r1, fmt)
         rows.append(scores)
     return {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in rows[0]}
 
@@ -125,7 +127,7 @@ def test_social_r1_formula_matches_reference(tokenizer, fmt, n):
     lp, rp = scores["lp"], scores["rp"]
     assert (lp < 0.1).any() and (lp > 0.9).any() and ((lp > 0.1) & (lp < 0.9)).any()  # outside, inside, on the slope
     assert (rp < 0.9).float().mean() > 0.05 and (rp == 1).float().mean() > 0.3
-    assert scores["w_s"].unique().tolist() == pytest.approx([1.0, 1.4, 2.0])  # steps 300, 120, 0
+    assert scores["w_s"].unique().tolist() == pytest.approx([1.0, 1.395, 1.995])  # steps 300, 120, 0: global 301, 121, 1
 
 
 def test_question_only_items(tokenizer):
@@ -369,11 +371,11 @@ def test_curriculum_and_length_window(tokenizer):
 
 def test_rejects_settings_it_cannot_score(tokenizer):
     for bad in (dict(copy_tolerance=1.0), dict(rep_tolerance=-0.1), dict(len_min=500, len_max=100), dict(rep_ngram=0)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             RewardConfig(**bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="--sip.stages A B C"):
         SIPReward(tokenizer, RewardConfig(), fmt=SIPFormat(stages=("A", "B", "C")))
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         SIPReward(
             tokenizer, RewardConfig(), fmt=SIPFormat(stages=("Cue", "Cue:x", "Goal", "Response"), stage_suffix="")
         )

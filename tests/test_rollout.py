@@ -89,6 +89,29 @@ def test_seeded_sampling_is_reproducible_and_stop_strings_end_rows_exactly(token
     assert cut.completion_mask[0].tolist() == [1] * n + [0] * (cut.completion_ids.shape[1] - n)
 
 
+@pytest.mark.parametrize("check_every", [3, 8])
+def test_a_stop_string_across_two_host_checks_ends_the_row(tokenizer, lively, items, check_every):
+    """The host looks for stop strings every `check_every` tokens; a string whose first token comes
+    before a check and whose last comes after it still ends the row at its last token."""
+    prompts, pad = ragged_prompts(tokenizer, items, 2), tokenizer.pad_token_id
+    c = check_every
+
+    def run(stop_strings=()):
+        params = SamplingParams(3 * c, temperature=1.0, stop_strings=stop_strings, check_every=c)
+        return sample(lively, prompts, [0, 1], 4, params, pad, generator=torch.Generator().manual_seed(0), tokenizer=tokenizer)
+
+    free = run()
+    for r, row in enumerate(free.completion_ids.tolist()):
+        stop = tokenizer.decode(row[c - 1 : c + 1])  # token c - 1 is read at one check, token c at the next
+        if stop not in tokenizer.decode(row[:c]) and stop not in tokenizer.decode(row[c : c + 1]):
+            break
+    else:
+        pytest.fail("no row has a string that first appears across the check")
+    cut = run((stop,))
+    assert cut.completion_mask[r].tolist() == [1] * (c + 1) + [0] * (cut.completion_ids.shape[1] - c - 1)
+    assert cut.completion_ids[r, : c + 1].tolist() == row[: c + 1]
+
+
 def test_sampler_logprobs_equal_trainer_logprobs_at_temperature(tokenizer, lively, items):
     """The log-prob the sampler reports for each drawn token is the one the loss scores (full
     vocabulary at the same temperature), in the plain and the prompt-shared training forward."""

@@ -333,6 +333,22 @@ def test_step_samples_from_the_configured_distribution(tmp_path, world, temperat
     assert (observed - expected).abs().le(4.5 * variance.sqrt() + 1.5).all(), (observed, expected)
 
 
+def test_rollout_completions_end_at_the_configured_stop_string(tmp_path, world):
+    """--rollout.stop-strings reaches the sampler the trainer uses: each completion ends at the
+    token that first completes the string (or at a stop token or max_new_tokens, never past the
+    string), as decoding the completion's tokens shows."""
+    stop, limit = "e", 24
+    trainer = make_trainer(tmp_path, "--rollout.stop-strings", stop, "--rollout.max-new-tokens", str(limit))
+    batch = trainer.rollout(0)
+    by_string = 0
+    for row, n in zip(batch.completion_ids.tolist(), batch.completion_mask.sum(1).tolist()):
+        assert stop not in trainer.tokenizer.decode(row[: n - 1]), "a completion goes on past the stop string"
+        ended = stop in trainer.tokenizer.decode(row[:n])
+        assert ended or row[n - 1] in trainer.stop_ids or n == limit
+        by_string += ended
+    assert by_string >= len(batch) // 2  # the case is tested: most rows meet the string
+
+
 def gold_batch(trainer: Trainer) -> Rollout:
     """4 prompts x 3 completions, each the gold SIP trace ("gold"), the same trace choosing a wrong
     letter ("wrong") or the first half of the gold trace ("half"): rewards differ within every

@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM
 from socialr1.checkpoint import save_checkpoint
 from socialr1.config import ModelConfig, OptimConfig, TrainConfig, parse
 from socialr1.models import ModelLoadError, load_pretrained
+from socialr1.optim import lr_lambda
 from socialr1.policy import Policy
-from socialr1.trainer import lr_lambda
 from tests.test_distributed import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,31 @@ def test_presets_follow_the_paper_and_flags_override():
     assert cli("socialr1-8b").model.name_or_path == "Qwen/Qwen3-8B"
     demo = cli("demo", "--grpo.loss-type", "dr_grpo", "--rollout.group-size", "4")
     assert demo.model.tiny and demo.grpo.loss_type == "dr_grpo" and demo.rollout.group_size == 4
+
+
+@pytest.mark.parametrize("preset", ["socialr1-4b", "socialr1-8b"])
+def test_paper_presets_share_the_prompt_and_keep_two_checkpoints(preset):
+    cfg = cli(preset)
+    assert cfg.grpo.share_prompt and cfg.grpo.micro_batch_size % cfg.rollout.group_size == 0
+    assert cfg.keep_last == 2 and cfg.output_dir == f"runs/{preset}"
+
+
+def test_start_up_is_one_summary_that_says_why_the_prompt_is_not_shared(tmp_path):
+    """No progress bar per data or weight file and no library warning; one summary (items, ranks,
+    device, dtype, per-rank batch, scorers), with the reason the fast forward is off."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *TINY, "--steps", "1", "--rollout.prompts-per-step", "2",
+         "--rollout.max-new-tokens", "4", "--grpo.micro-batch-size", "7", "--model.activation-checkpointing",
+         "--output-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line for line in done.stdout.splitlines() if line.startswith("run: ")] == [
+        "run: 32 training items, 0 eval items; 1 rank(s) on cpu, float32 compute, 0.1351M parameters"]
+    assert ("prompt once per group: OFF: --grpo.micro-batch-size 7 is not a multiple of --rollout.group-size 8, "
+            "so every row recomputes its prompt (pass --grpo.micro-batch-size 8)") in done.stdout
+    assert "reward: formula sip, structure lexical, content lexical" in done.stdout
+    assert "Warning" not in done.stderr and "Generating" not in done.stderr
 
 
 def test_help_explains_every_setting(capsys):

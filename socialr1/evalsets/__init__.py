@@ -27,7 +27,8 @@ ADAPTERS: dict[str, ModuleType] = {
 # The eight benchmarks of Social-R1's results table, whose mean is its "Overall".
 SUITES = {"social-r1": ("tombench", "tombench-hard", "socialiqa", "simpletom", "emobench", "motivebench", "hitom", "tactfultom")}
 
-__all__ = ["ADAPTERS", "SUITES", "Benchmark", "Missing", "Protocol", "Sources", "eval_items", "is_benchmark", "load"]
+__all__ = ["ADAPTERS", "SUITES", "Benchmark", "Missing", "Protocol", "Sources", "benchmark_overlap", "eval_items",
+           "is_benchmark", "load"]
 
 
 def is_benchmark(spec: str) -> bool:
@@ -45,6 +46,8 @@ def load(spec: str, sources: Sources) -> Benchmark:
         if not count.isdigit() or int(count) < 1:
             raise DataError(f"{spec}: the part after ':' must be a positive item count")
         rows = sorted(random.Random(sources.seed).sample(range(len(bench.items)), min(int(count), len(bench.items))))
+        if len(rows) < len(bench.items):
+            bench.subset = f"seeded {len(rows)} of {len(bench.items)}"
         bench.items = [bench.items[r] for r in rows]
     return bench
 
@@ -55,3 +58,6 @@ def eval_items(spec: str, fields: FieldMap = FieldMap()) -> list[MCQItem]:
     if is_benchmark(spec) and not Path(spec).expanduser().exists():
         return load(spec, Sources(fields=fields)).items
     return load_items(spec, fields)
+
+
+from socialr1.evalsets.overlap import benchmark_overlap  # noqa: E402 (it reads ADAPTERS above)

@@ -9,7 +9,8 @@ from typing import Any, Literal, Sequence
 
 import datasets
 
-from socialr1.data import DataError, FieldMap, load_hub, load_tables
+from socialr1.data import DataError, FieldMap, load_tables
+from socialr1.hub import hub_unavailable
 from socialr1.items import MCQItem
 
 DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the checkout
@@ -34,6 +35,7 @@ class Benchmark:
     items: list[MCQItem]
     protocol: Protocol = Protocol()
     note: str = ""  # what of the source is used, shown in the report
+    subset: str = ""  # how the items were cut down from the whole benchmark, e.g. "seeded 200 of 600"
 
 
 @dataclass
@@ -62,7 +64,7 @@ class Sources:
     def folder(self, name: str) -> Path:
         path = Path(self.data_root).expanduser() / name
         if not path.is_dir():
-            raise Missing(f"{name}: no folder {path}")
+            raise Missing(f"{name}: no folder {path} (--data-root holds one folder per benchmark)")
         return path
 
 
@@ -115,11 +117,20 @@ def local_or_hub(src: Sources, name: str, given: str, default: str) -> str:
     return str(local) if given == default and local.is_dir() else given
 
 
-def tables(source: str, split: str, config: str | None = None) -> list[tuple[str, datasets.Dataset]]:
-    """load_tables, except that an unreachable hub dataset is Missing (listed, not fatal, in a suite)."""
+def tables(source: str, split: str, name: str, config: str | None = None) -> list[tuple[str, datasets.Dataset]]:
+    """load_tables, except that a hub dataset that cannot be loaded is Missing (listed, not fatal, in
+    a suite), with advice naming eval.py's option for benchmark `name`'s local copy (--<name>)."""
     if Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
         return load_tables(source, split)
-    try:
-        return [(f"{source}[{config or split}]", load_hub(source, split, config))]
-    except DataError as e:
-        raise Missing(f"hub dataset {source} not reachable and no local copy given; {e}") from e
+    reason = hub_unavailable()
+    if reason is None:
+        try:
+            return [(f"{source}[{config or split}]", datasets.load_dataset(source, config, split=split))]
+        except Exception as e:  # not found, offline, gated, bad split: the same advice for each
+            reason = f"{type(e).__name__}: {e}".splitlines()[0]
+    call = f"datasets.load_dataset('{source}', {f'{config!r}, ' if config else ''}split='{split}')"
+    raise Missing(
+        f"hub dataset {source} could not be loaded; {reason}; on a machine with internet save it: python -c "
+        f"\"import datasets; {call}.to_json('{name}/{config or split}.jsonl')\"{' for each config' if config else ''}, "
+        f"copy the folder here and pass --{name} {name}"
+    )

@@ -56,12 +56,15 @@ def score(
     aggregate: Aggregate,
     mode: Mode,
     fmt: SIPFormat = SIPFormat(),
+    cut: Sequence[bool] = (),
 ) -> tuple[dict, list[dict]]:
     """-> (summary, one prediction record per completion). Accuracy is per item: the mean over its
-    orders, or 1 when its majority answer is the gold."""
+    orders, or 1 when its majority answer is the gold. `cut`: per completion, whether it stopped at
+    the token limit (empty: none did)."""
+    cut = list(cut) or [False] * len(asks)
     per_item: dict[int, list[int | None]] = {}
     records, rules, formatted = [], Counter(), 0
-    for ask, text in zip(asks, completions):
+    for ask, text, was_cut in zip(asks, completions, cut):
         chosen, rule = parse(text, ask.shown.options, fmt)
         original = None if chosen is None else ask.order[chosen]
         per_item.setdefault(ask.item, []).append(original)
@@ -73,6 +76,7 @@ def score(
             "k": ask.k, "order": "".join(LETTERS[j] for j in ask.order), "completion": text,
             "parsed": None if chosen is None else LETTERS[chosen], "rule": rule,
             "gold": ask.shown.answer_letter, "correct": chosen == ask.shown.answer, "format": ok_format,
+            "truncated": was_cut,
         })
     item_scores, all_right, by_category = {}, 0, {}
     for i, answers in per_item.items():
@@ -95,8 +99,10 @@ def score(
         "format": formatted / n_done,
         "parsed_by": {r: rules[r] / n_done for r in (*RULES, "none") if rules[r]},
         "mean_completion_tokens": sum(lengths) / n_done,
+        "truncated": sum(cut) / n_done,
         "categories": {c: sum(v) / len(v) for c, v in sorted(by_category.items()) if c},
         "note": bench.note,
+        "subset": bench.subset,
     }
     return summary, records
 

@@ -20,9 +20,9 @@ def load(src: Sources) -> Benchmark:
     for config in CONFIGS:
         if folder.is_dir():
             found = [t for f in sorted(folder.iterdir()) if f.stem == config and f.suffix in BUILDERS
-                     for t in tables(str(f), "test")]
+                     for t in tables(str(f), "test", "simpletom")]
         else:
-            found = tables(source, "test", config)
+            found = tables(source, "test", "simpletom", config)
         for label, table in found:
             items += [_item(row, config, f"{label}:{r}") for r, row in enumerate(table, start=1)]
     if not items:

@@ -38,7 +38,7 @@ def detect(columns: list[str], label: str) -> FieldMap:
 def load(src: Sources) -> Benchmark:
     source = local_or_hub(src, "tombench-hard", src.tombench_hard, Sources.tombench_hard)
     items = []
-    for label, table in tables(source, src.tombench_hard_split):
+    for label, table in tables(source, src.tombench_hard_split, "tombench-hard"):
         fields = src.fields if src.fields != FieldMap() else detect(table.column_names, label)
         items += table_items(table, fields, label)
     hub = source == src.tombench_hard and not Path(source).expanduser().exists()

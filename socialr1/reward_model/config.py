@@ -5,12 +5,13 @@ Presets: `rm-qwen3-4b` (Qwen3-4B with a scalar head, the default) and `rm-demo` 
 generated pairs, CPU, a few minutes)."""
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Sequence
 
-from socialr1.config import ModelConfig, OptimConfig, parse_preset
+from socialr1.config import ModelConfig, OptimConfig, RunSettings, _require, parse_preset
 from socialr1.reward_model.inputs import InputConfig
-from socialr1.reward_model.pairs import PairFields
+from socialr1.reward_model.pairs import KINDS, Kind, PairFields
 from socialr1.sip import SIPFormat
+from socialr1.synthetic import CONTAINERS
 
 
 @dataclass
@@ -24,6 +25,12 @@ class PairDataConfig:
     synthetic: int = 0
     """If > 0, train on this many pairs generated from the synthetic items' gold SIP traces
     instead of reading `path`."""
+    synthetic_containers: int = len(CONTAINERS)
+    """Generated pairs (training and held-out): how many container names the stories draw their
+    four places from (4 to all of them; 4: the GRPO demo's items)."""
+    synthetic_kinds: tuple[Kind, ...] = KINDS
+    """Generated training pairs: corruption kinds taken in turn (a kind listed twice comes twice as
+    often). Held-out pairs take every kind in turn."""
     eval_path: str | None = None
     """Held-out pairs (same formats as `path`); none: `eval_synthetic` generated pairs, or no eval."""
     eval_split: str = "test"
@@ -31,6 +38,27 @@ class PairDataConfig:
     eval_synthetic: int = 0
     """If > 0 and no `eval_path`, evaluate on this many generated pairs from items of another seed,
     none of whose stories a training pair has."""
+
+    def __post_init__(self) -> None:
+        _require(4 <= self.synthetic_containers <= len(CONTAINERS), "--data.synthetic-containers",
+                 self.synthetic_containers, f"4 to {len(CONTAINERS)}")
+
+
+@dataclass
+class RMWarmStartConfig:
+    steps: int = 0
+    """Tiny model only: supervised steps that teach its causal LM to write the training pairs'
+    chosen reasoning from their story and question (the reward model's input template), before it
+    becomes a classifier, so that it reads stories before it judges them (0: none)."""
+    lr: float = 3e-3
+    """Learning rate of the warm start (constant, then decaying over its last tenth)."""
+    batch_size: int = 8
+    """Pairs per warm-start step."""
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 0, "--warmstart.steps", self.steps, "at least 0")
+        _require(self.lr > 0, "--warmstart.lr", self.lr, "above 0")
+        _require(self.batch_size >= 1, "--warmstart.batch-size", self.batch_size, "at least 1")
 
 
 @dataclass
@@ -43,7 +71,7 @@ class LossConfig:
 
 
 @dataclass
-class RMConfig:
+class RMConfig(RunSettings):
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name_or_path="Qwen/Qwen3-4B"))
     """The causal LM (or an earlier reward-model checkpoint) to start from. A causal LM becomes a
     Qwen3ForSequenceClassification with its decoder weights and a zero-initialised score head."""
@@ -55,6 +83,7 @@ class RMConfig:
         default_factory=lambda: OptimConfig(lr=5e-6, schedule="cosine", warmup_steps=10, weight_decay=0.01)
     )
     sip: SIPFormat = field(default_factory=SIPFormat)
+    warmstart: RMWarmStartConfig = field(default_factory=RMWarmStartConfig)
     pairs_per_step: int = 64
     """Preference pairs per optimizer step over all ranks (must divide by the number of ranks)."""
     token_budget: int = 16384
@@ -62,23 +91,11 @@ class RMConfig:
     many micro-batches as needed, their gradients accumulated."""
     steps: int = 300
     """Optimizer steps; data order is a seeded permutation per epoch over the training pairs."""
-    seed: int = 0
-    """Seed of data order, generated pairs and the tiny model's initialisation."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: CUDA when available (one GPU per rank), else CPU."""
-    output_dir: str = "runs/rm-qwen3-4b"
-    """Where TensorBoard events, metrics.jsonl and checkpoints go."""
-    log_every: int = 1
-    """Write scalars every N steps."""
-    save_every: int = 100
-    """Write a checkpoint every N steps (0: only at the end)."""
-    eval_every: int = 50
-    """Evaluate on the held-out pairs every N steps (0: only at the end)."""
-    overwrite: bool = False
-    """Start afresh in an output dir that already holds a run, deleting it."""
-    resume: str | None = None
-    """A checkpoint-N directory of an earlier run with the same settings: continue from step N;
-    auto: the newest complete checkpoint in --output-dir (none: start afresh)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("pairs_per_step", "token_budget", "steps"):
+            _require(getattr(self, name) >= 1, f"--{name.replace('_', '-')}", getattr(self, name), "at least 1")
 
 
 def _demo() -> RMConfig:
@@ -99,7 +116,8 @@ def _demo() -> RMConfig:
 
 
 PRESETS: dict[str, tuple[str, RMConfig]] = {
-    "rm-qwen3-4b": ("Qwen3-4B reward model with a scalar head on SIP preference pairs (default).", RMConfig()),
+    "rm-qwen3-4b": ("Qwen3-4B reward model with a scalar head on SIP preference pairs (default).",
+                    RMConfig(output_dir="runs/rm-qwen3-4b", eval_every=50, keep_last=2)),
     "rm-demo": ("Offline CPU demo: tiny Qwen3 reward model on generated SIP pairs, a few minutes.", _demo()),
 }
 

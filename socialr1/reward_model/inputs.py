@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from socialr1.rewards.content import rm_input
+from socialr1.rewards.content import rm_input, rm_template
 from socialr1.sip import SIPFormat
 
 Unit = Literal["think", "stage"]
@@ -31,6 +31,13 @@ class InputConfig:
     """Score the whole think text in one input, or each SIP stage segment separately and average."""
     max_length: int = 4096
     """Token limit of one input; longer inputs are cut at the end."""
+    template: str | None = None
+    """FILE holding the input template (str.format fields {story}, {question}, {reasoning}); none:
+    the built-in one. GRPO must score with the same file: --reward.rm.template FILE."""
+
+    def __post_init__(self) -> None:
+        if self.template is not None:
+            rm_template(self.template, "--input.template")  # a bad file stops at start-up, in one line
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> "InputConfig":
@@ -47,10 +54,14 @@ def stage_segments(think: str, fmt: SIPFormat) -> list[str]:
     return [think[a:b].strip() for a, b in zip(starts, starts[1:] + [len(think)])]
 
 
-def reward_inputs(story: str, question: str, think: str, unit: Unit, fmt: SIPFormat) -> list[str]:
-    """The reward model's input texts for one reasoning text: one, or one per stage segment."""
+def reward_inputs(
+    story: str, question: str, think: str, unit: Unit, fmt: SIPFormat, template: str | None = None
+) -> list[str]:
+    """The reward model's input texts for one reasoning text: one, or one per stage segment.
+    template: InputConfig.template (a file, or none for the built-in one)."""
     parts = [think.strip()] if unit == "think" else stage_segments(think.strip(), fmt)
-    return [rm_input(story, question, part) for part in parts]
+    text = rm_template(template, "--input.template")
+    return [rm_input(story, question, part, text) for part in parts]
 
 
 def encode(
@@ -62,7 +73,7 @@ def encode(
     fmt: SIPFormat,
 ) -> list[list[list[int]]]:
     """Token ids of every text's inputs: [text][input][token]."""
-    inputs = [reward_inputs(s, q, t, cfg.unit, fmt) for s, q, t in zip(stories, questions, thinks)]
+    inputs = [reward_inputs(s, q, t, cfg.unit, fmt, cfg.template) for s, q, t in zip(stories, questions, thinks)]
     flat = tokenizer([s for group in inputs for s in group], truncation=True, max_length=cfg.max_length)["input_ids"]
     out, at = [], 0
     for group in inputs:

@@ -13,14 +13,14 @@ import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import tyro
 
 from socialr1.data import DataError, _error, _list_options, _required, load_tables
 from socialr1.items import LETTERS, MCQItem
 from socialr1.sip import SIPFormat
-from socialr1.synthetic import NAMES, generate_items
+from socialr1.synthetic import CONTAINERS, NAMES, generate_items
 
 EVAL_SEED_OFFSET = 10_000  # held-out pairs come from items of a seed training never uses
 
@@ -34,6 +34,7 @@ KINDS = (
     "story_copy",  # the story pasted in as a stage
     "filler",  # a stage of generic text that does not mention the story
 )
+Kind = Literal[KINDS]  # one of KINDS, as a type tyro checks flags against
 
 FILLER = (
     "It is important to think carefully about everyone involved.",
@@ -105,14 +106,23 @@ def _pair(record: dict[str, Any], fields: PairFields, where: str) -> Pair:
     )
 
 
-def generate_pairs(n: int, seed: int, fmt: SIPFormat = SIPFormat(), exclude: set[str] = frozenset()) -> list[Pair]:
-    """n pairs from generated items (stories in `exclude` skipped), corruption kinds in turn."""
+def generate_pairs(
+    n: int,
+    seed: int,
+    fmt: SIPFormat = SIPFormat(),
+    exclude: set[str] = frozenset(),
+    containers: int = len(CONTAINERS),
+    kinds: tuple[Kind, ...] = KINDS,
+) -> list[Pair]:
+    """n pairs from generated items (stories in `exclude` skipped; places drawn from the first
+    `containers`), corruption kinds taken in turn from `kinds` (a kind listed twice comes twice as
+    often); an item a kind does not apply to takes the next kind that does (of KINDS, when none
+    of `kinds` does)."""
     rng = random.Random(seed)
-    items = [it for it in generate_items(n + min(n, len(exclude)), seed) if it.story not in exclude][:n]
+    items = [it for it in generate_items(n + min(n, len(exclude)), seed, containers=containers) if it.story not in exclude][:n]
     pairs = []
     for i, item in enumerate(items):
-        kinds = [k for k in KINDS[i % len(KINDS) :] + KINDS if _applies(k, item)]
-        kind = kinds[0]
+        kind = next(k for k in kinds[i % len(kinds) :] + kinds + KINDS if _applies(k, item))
         stages = list(enumerate(item.gold_stages))
         pairs.append(
             Pair(
@@ -179,11 +189,14 @@ def corrupt(kind: str, item: MCQItem, stages: list[tuple[int, str]], rng: random
     return out
 
 
-def synthetic_splits(n_train: int, n_eval: int, seed: int, fmt: SIPFormat) -> tuple[list[Pair], list[Pair]]:
-    """Training pairs, and held-out pairs from items of another seed whose stories no training
-    pair has."""
-    train = generate_pairs(n_train, seed, fmt)
-    held_out = generate_pairs(n_eval, seed + EVAL_SEED_OFFSET, fmt, exclude={p.story for p in train})
+def synthetic_splits(
+    n_train: int, n_eval: int, seed: int, fmt: SIPFormat, containers: int = len(CONTAINERS), kinds: tuple[Kind, ...] = KINDS
+) -> tuple[list[Pair], list[Pair]]:
+    """Training pairs (corruptions taken in turn from `kinds`), and held-out pairs from items of
+    another seed whose stories no training pair has (every kind in turn, so held-out accuracy means
+    the same whatever the training mix)."""
+    train = generate_pairs(n_train, seed, fmt, containers=containers, kinds=kinds)
+    held_out = generate_pairs(n_eval, seed + EVAL_SEED_OFFSET, fmt, {p.story for p in train}, containers)
     return train, held_out
 
 

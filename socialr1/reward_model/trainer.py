@@ -6,30 +6,30 @@ rejected of a pair in the same forward -> loss -log sigmoid(r_c - r_r - margin) 
 -> gradients accumulated over micro-batches -> one optimizer step."""
 
 import copy
-import functools
 import gc
 import math
-import random
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from socialr1 import distributed as D
-from socialr1.checkpoint import load_train_state, save_checkpoint
-from socialr1.config import ConfigError
+from socialr1.config import ConfigError, shape_flags
+from socialr1.data import rank_share
 from socialr1.metrics import RunLog, mean_std
-from socialr1.models import build_tiny, load_pretrained
+from socialr1.models import build_tiny, checkpoint_activations, compute_dtype, load_pretrained, quiet_loading
+from socialr1.optim import build_optimizer, clip_grad_norm, guarded_step
+from socialr1.preflight import check_model_dir, check_writable
 from socialr1.reward_model import inputs
 from socialr1.reward_model.config import RMConfig
 from socialr1.reward_model.pairs import EVAL_SEED_OFFSET, Pair, generate_pairs, load_pairs, synthetic_splits
-from socialr1.trainer import Trainer, lr_lambda
+from socialr1.reward_model.reader import learn_to_read
+from socialr1.rewards.content import rm_template
+from socialr1.run import Run, State
 
 
 def classifier_from_causal(lm: PreTrainedModel) -> PreTrainedModel:
@@ -43,23 +43,31 @@ def classifier_from_causal(lm: PreTrainedModel) -> PreTrainedModel:
 
 
 class RMTrainer:
-    # The GRPO trainer's output-dir rule, `--resume auto` lookup and gradient clipping, shared: they
-    # use only fields both have (cfg.output_dir / resume / overwrite / optim, out, log, policy).
-    # `policy` here is the sharded reward model.
-    _check_output_dir = Trainer._check_output_dir
-    _resume_dir = Trainer._resume_dir
-    _clip = Trainer._clip
+    """The Bradley-Terry step and its held-out eval. `__init__` only wires; `setup()` (called by
+    `train()`) checks the inputs cheaply, then loads pairs and model, shards and resumes. The run
+    around the steps is socialr1/run.py's `Run`, as for GRPO."""
 
     def __init__(self, cfg: RMConfig):
         self.cfg = cfg
         self.world = D.init_world(cfg.device)
-        self.out = Path(cfg.output_dir)
-        self.replace_earlier_run = self._check_output_dir()
-        self.log = RunLog(self.out, cfg.steps, enabled=self.world.is_main, desc="reward model", shown="loss")
-        on_cuda = self.world.device.type == "cuda"
-        self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and on_cuda) else torch.float32
+        self.log = RunLog(Path(cfg.output_dir), cfg.steps, enabled=self.world.is_main, desc="reward model", shown="loss")
+        self.run = Run(cfg, self.world, self.log, cfg.steps, shown="loss", product="reward model")
+        self.dtype = compute_dtype(cfg.model.dtype, self.world.device)
+        self.policy = self.opt = self.sched = None
+        self.ready = False
+
+    def setup(self) -> None:
+        """Cheap checks first, then pairs, model, sharding and resume. Idempotent."""
+        if self.ready:
+            return
+        cfg = self.cfg
         if cfg.pairs_per_step % self.world.size:
             raise ConfigError(f"--pairs-per-step {cfg.pairs_per_step} must divide by the {self.world.size} ranks")
+        if not cfg.model.tiny:
+            check_model_dir(cfg.model.name_or_path, "--model.name-or-path")
+        check_writable(Path(cfg.output_dir))
+        self.run.prepare(shape_flags(cfg.model))
+        quiet_loading()
 
         self.pairs, self.eval_pairs = self._load_data()
         lm, self.tokenizer = D.in_turn(self._load_model)
@@ -67,24 +75,38 @@ class RMTrainer:
         self.train_ids = self._encode(self.pairs)
         self.eval_ids = self._encode(self.eval_pairs)
         if cfg.model.activation_checkpointing:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            checkpoint_activations(lm)
         self.policy = inputs.RewardHead(lm.to(self.world.device))
         D.shard(self.policy, lm.model.layers, self.dtype if self.dtype != torch.float32 else None, ())
-        self.opt = torch.optim.AdamW(
-            self.policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-        )
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg.optim, cfg.steps))
-        resume = self._resume_dir()
-        self.start_step = self._resume(resume) if resume else 0
+        self.opt, self.sched = build_optimizer(self.policy.parameters(), cfg.optim, cfg.steps)
+        self.run.restore(self.state())
+        self.log.print(f"run: {len(self.pairs)} training pairs, {len(self.eval_pairs)} held-out pairs; {self.world.size} "
+                       f"rank(s) on {self.world.device.type}, {str(self.dtype).removeprefix('torch.')} compute; "
+                       f"{cfg.pairs_per_step} pairs per step, {cfg.steps} steps from step {self.run.start_step}")
+        self.ready = True
+
+    def state(self) -> State:
+        return State(self.policy, self.tokenizer, self.dtype, self.opt, self.sched)
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.eval_pairs)
+
+    @property
+    def final_eval(self) -> dict[str, float]:
+        """The held-out metrics of the last eval (the final one once `train()` returned True)."""
+        return self.run.last_eval
 
     # ---- setup -------------------------------------------------------------------------------
     def _load_data(self) -> tuple[list[Pair], list[Pair]]:
         d, cfg = self.cfg.data, self.cfg
         if d.synthetic:
-            train, held_out = synthetic_splits(d.synthetic, d.eval_synthetic, cfg.seed, cfg.sip)
+            train, held_out = synthetic_splits(d.synthetic, d.eval_synthetic, cfg.seed, cfg.sip, d.synthetic_containers,
+                                               d.synthetic_kinds)
         elif d.path:
             train = load_pairs(d.path, d.fields, d.split)
-            held_out = generate_pairs(d.eval_synthetic, cfg.seed + EVAL_SEED_OFFSET, cfg.sip, {p.story for p in train})
+            held_out = generate_pairs(d.eval_synthetic, cfg.seed + EVAL_SEED_OFFSET, cfg.sip, {p.story for p in train},
+                                      d.synthetic_containers)
         else:
             raise ConfigError("no training pairs: pass --data.path (file, folder or hub name) or --data.synthetic N")
         if d.eval_path:
@@ -95,9 +117,16 @@ class RMTrainer:
 
     def _load_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         m = self.cfg.model
+        w = self.cfg.warmstart
+        if w.steps and not m.tiny:
+            raise ConfigError("--warmstart.steps is for a tiny model (--model.tiny); a pretrained one reads stories already")
         if m.tiny:
             corpus = [s for p in self.pairs for t in (p.chosen, p.rejected) for s in self._texts(p, t)]
             lm, tokenizer = build_tiny(m, corpus, self.cfg.seed)
+            if w.steps:
+                template = rm_template(self.cfg.input.template, "--input.template")
+                losses = learn_to_read(lm, tokenizer, self.pairs, template, w, self.cfg.seed, self.world.is_main)
+                self.log.print(f"warm start: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps")
             rm = classifier_from_causal(lm)
         else:
             rm, tokenizer = load_pretrained(m, self.world.device, self.cfg.seed, AutoModelForSequenceClassification, num_labels=1)
@@ -114,6 +143,8 @@ class RMTrainer:
 
     def _encode(self, pairs: list[Pair]) -> list[list[list[int]]]:
         """[2 * pair + (0 chosen, 1 rejected)][input][token]."""
+        if not pairs:  # e.g. no held-out pairs (the tokenizer fails on an empty batch)
+            return []
         stories = [p.story for p in pairs for _ in range(2)]
         questions = [p.question for p in pairs for _ in range(2)]
         thinks = [t for p in pairs for t in (p.chosen, p.rejected)]
@@ -121,18 +152,9 @@ class RMTrainer:
 
     # ---- one step ----------------------------------------------------------------------------
     def pair_indices(self, step: int) -> list[int]:
-        """This rank's share of the step's pairs: a slice of a seeded permutation per epoch, so
-        the global batch is the same whatever the number of ranks."""
-        per_rank = self.cfg.pairs_per_step // self.world.size
-        first = step * self.cfg.pairs_per_step + self.world.rank * per_rank
-        n = len(self.pairs)
-        return [self._epoch_order(k // n)[k % n] for k in range(first, first + per_rank)]
-
-    @functools.lru_cache(maxsize=2)
-    def _epoch_order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.pairs)))
-        random.Random(self.cfg.seed + epoch).shuffle(order)
-        return order
+        """This rank's share of the step's pairs (socialr1.data.rank_share)."""
+        w = self.world
+        return rank_share(len(self.pairs), self.cfg.pairs_per_step, step, w.rank, w.size, self.cfg.seed)
 
     def micro_batches(self, index: list[int]) -> list[list[int]]:
         """This rank's pairs, shortest first, in micro-batches within the token budget; every rank
@@ -164,23 +186,29 @@ class RMTrainer:
         return -F.logsigmoid(margin - c.margin) + c.center * scores.square().mean(1)
 
     def step(self, step: int) -> dict[str, float]:
+        """One optimizer step over the step's pairs; until it, a stop asked on any rank drops the
+        step before the next micro-batch."""
         t0 = time.perf_counter()
         index = self.pair_indices(step)
         self.policy.train()
         self.opt.zero_grad(set_to_none=True)
-        done = []
+        done, local_loss = [], torch.zeros((), device=self.world.device)
         for group in self.micro_batches(index):
+            self.run.gate()
             scores = self.pair_scores(group)
             losses = self.loss(scores)
             # Local mean over this rank's pairs; FSDP averages the ranks' gradients.
-            (losses.sum() / len(index)).backward()
+            loss = losses.sum() / len(index)
+            loss.backward()
+            local_loss += loss.detach()
             done.append(torch.cat([scores.detach(), losses.detach()[:, None]], 1))
-        grad_norm = self._clip().item()  # one host read per step
-        self.opt.step()
+        grad_norm = clip_grad_norm(self.policy, self.cfg.optim.grad_clip)
+        skipped = guarded_step(self.opt, local_loss, grad_norm)  # its decision: the step's one host read
         self.sched.step()
+        self.run.count_skip("non-finite loss or grad norm" if skipped else None)
         stats = D.all_gather_cat(torch.cat(done).float())  # [P, 3]: chosen, rejected, loss
         out = pair_metrics(stats[:, :2], stats[:, 2])
-        out.update({"grad_norm": grad_norm, "lr": self.sched.get_last_lr()[0], "time/step_s": time.perf_counter() - t0})
+        out.update({"grad_norm": grad_norm.item(), "lr": self.sched.get_last_lr()[0], "time/step_s": time.perf_counter() - t0})
         return out
 
     # ---- eval --------------------------------------------------------------------------------
@@ -211,38 +239,11 @@ class RMTrainer:
         self.log.print(f"step {step}: held-out pairwise accuracy {result['accuracy']:.3f} on {len(scores)} pairs" + (f" ({kinds})" if kinds else ""))
         return result
 
-    # ---- the run -----------------------------------------------------------------------------
-    def _resume(self, directory: Path) -> int:
-        step = load_train_state(directory, self.policy, self.opt, self.sched)["step"]
-        self.log.print(f"resumed from {directory} after step {step}")
-        return step
-
-    def save(self, name: str, step: int, resumable: bool) -> None:
-        opt, sched = (self.opt, self.sched) if resumable else (None, None)
-        save_checkpoint(self.policy, self.tokenizer, self.out / name, self.dtype, opt, sched, {"step": step})
-
     def train(self) -> bool:
-        """Runs the steps (True: all of them); the final held-out metrics go to `final_eval`."""
-        cfg = self.cfg
-        if self.replace_earlier_run and self.world.is_main:
-            shutil.rmtree(self.out)
-        dist.barrier()
-        self.log.start(self.start_step)
-        self.log.print(f"{len(self.pairs)} training pairs, {len(self.eval_pairs)} held-out pairs")
-        for step in range(self.start_step, cfg.steps):
-            metrics = self.step(step)
-            if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                self.log.scalars(step, metrics)
-            self.log.advance(metrics["loss"], metrics["time/step_s"])
-            done = step + 1
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-                self.save(f"checkpoint-{done}", done, resumable=True)
-            if self.eval_pairs and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-                self.run_eval(done)
-        self.final_eval = self.run_eval(cfg.steps) if self.eval_pairs else {}
-        self.save("final", cfg.steps, resumable=False)
-        self.log.print(f"done: reward model in {self.out / 'final'}, TensorBoard: tensorboard --logdir {self.out / 'tb'}")
-        return True
+        """Set up, then run the remaining steps (socialr1/run.py); the final held-out metrics are
+        `final_eval`. False when a signal stopped the run early, after a resumable checkpoint."""
+        self.setup()
+        return self.run.train(self)
 
     def close(self) -> None:
         self.log.close()

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from socialr1.items import LETTERS, MCQItem
 from socialr1.rewards import social_r1
 from socialr1.rewards.config import JudgeConfig, RewardConfig, RewardModelConfig, SocialR1Config
-from socialr1.rewards.content import RewardModel, ScoringAPI, rm_input
+from socialr1.rewards.content import RewardModel, ScoringAPI, rm_input, rm_template
 from socialr1.rewards.judge import Judge
 from socialr1.rewards.lexical import ItemFeatures, LexicalScorer, Parts, sip_tau, sip_total
 from socialr1.sip import SIPFormat
@@ -61,6 +61,7 @@ class SIPReward:
         self.judge = Judge(config.judge, fmt) if config.structure_scorer == "judge" else None
         self.reward_model = RewardModel(config.rm, torch.device(device)) if config.content_scorer == "model" else None
         self.scoring_api = ScoringAPI(config.rm) if config.content_scorer == "endpoint" else None
+        self.rm_template = rm_template(config.rm.template)
         self.judge_replies: list[str] = []  # the judge's raw reply per row of the last batch ("" if none)
 
     def describe(self) -> str:
@@ -101,7 +102,8 @@ class SIPReward:
     def score(
         self, completion_ids: Tensor, completion_mask: Tensor, feats: ItemFeatures, item_index: Tensor, step: int
     ) -> dict[str, Tensor]:
-        """completion_ids, completion_mask: [B, T]; item_index: [B] rows of feats -> dict of [B] float32."""
+        """completion_ids, completion_mask: [B, T]; item_index: [B] rows of feats -> dict of [B] float32.
+        step: the trainer's 0-based step (Social-R1's curriculum sees it as verl's global step + 1)."""
         threads = self.config.cpu_threads if completion_ids.device.type == "cpu" else 0
         with torch.no_grad(), _torch_threads(threads):
             out = self._score(completion_ids, completion_mask.bool(), feats, item_index, step)
@@ -173,7 +175,7 @@ class SIPReward:
                 lo, hi = self.config.social_r1.lexical_content_range
                 unit = lo + (hi - lo) * unit
             return unit, ~ok.to(device), failed.to(device)
-        inputs = [rm_input(it.story, it.question, t) for it, t in zip(reasoning.items, reasoning.thinks)]
+        inputs = [rm_input(it.story, it.question, t, self.rm_template) for it, t in zip(reasoning.items, reasoning.thinks)]
         if self.reward_model is not None:
             raw, got = self.reward_model(inputs), torch.ones(len(inputs), dtype=torch.bool)
         else:
@@ -191,7 +193,7 @@ class SIPReward:
         seg = parts.segments[rows, stages]
         texts = _decode(text, seg[:, 0], seg[:, 1])
         inputs = [
-            rm_input(feats.items[i].story, feats.items[i].question, f"{self.fmt.stage_header(k)} {t.strip()}")
+            rm_input(feats.items[i].story, feats.items[i].question, f"{self.fmt.stage_header(k)} {t.strip()}", self.rm_template)
             for i, k, t in zip(index[rows].tolist(), stages.tolist(), texts)
         ]
         scores = torch.zeros(parts.good.shape, dtype=torch.float64)

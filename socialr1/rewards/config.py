@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from socialr1.errors import ConfigError
+from socialr1.rewards.templates import JUDGE_PROMPT, JUDGE_SYSTEM, RM_INPUT, read_template
+
 
 @dataclass
 class SocialR1Config:
@@ -38,13 +41,14 @@ class SocialR1Config:
     rep_slope: float = 8.0
     """See rep_threshold."""
     curriculum_steps: float = 200.0
-    """p = min(1, step / curriculum_steps) moves w_s and w_c linearly from start to end."""
+    """p = min(1, global_step / curriculum_steps) moves w_s and w_c linearly from start to end;
+    global_step counts updates from 1, as the paper's code (verl) does."""
     w_structure_start: float = 2.0
-    """w_s at step 0."""
+    """w_s at global step 0 (p = 0)."""
     w_structure_end: float = 1.0
     """w_s from step curriculum_steps on."""
     w_content_start: float = 1.0
-    """w_c at step 0."""
+    """w_c at global step 0 (p = 0)."""
     w_content_end: float = 3.0
     """w_c from step curriculum_steps on."""
     lexical_content_range: tuple[float, float] = (-2.0, 2.0)
@@ -79,13 +83,27 @@ class JudgeConfig(ServiceConfig):
     """Sampling temperature of the judge."""
     max_tokens: int = 512
     """Reply length limit of the judge."""
+    prompt: str | None = None
+    """FILE holding the judge's prompt: plain text with Python str.format fields {story},
+    {question}, {options}, {reasoning}, {stages} (literal braces doubled); none: our rubric
+    (socialr1/rewards/judge.py)."""
+    system: str | None = None
+    """FILE holding the judge's system message, with the same fields (an empty file: no system
+    message, as the paper's client sends); none: our one-line one."""
+    thinking: Literal["on", "off", "unset"] = "unset"
+    """Whether a thinking judge (Qwen3 under vLLM or SGLang) thinks before it answers, sent as
+    chat_template_kwargs {"enable_thinking": ...} in the request body; unset: send nothing (the
+    server's default; hosted APIs may refuse the field)."""
+    parse: Literal["strict", "last"] = "strict"
+    """strict: the reply must hold exactly one <Score>x</Score>; last: the paper's code, the last
+    <Score> of the reply, or the whole reply as a bare number. Both clamp to [0, 1]."""
 
 
 @dataclass
 class RewardModelConfig(ServiceConfig):
     """The content scorer: a Hugging Face sequence-classification reward model in-process
     (--reward.content model) or behind an HTTP scoring API (--reward.content endpoint). Its input
-    is `socialr1.rewards.content.rm_input(story, question, think_text)`."""
+    is `socialr1.rewards.content.rm_input(story, question, think_text, template)`."""
 
     path: str | None = None
     """Local directory or hub name of the reward model (--reward.content model)."""
@@ -107,6 +125,10 @@ class RewardModelConfig(ServiceConfig):
     """Model name sent to the scoring API."""
     batch_size: int = 16
     """Texts per request to the scoring API."""
+    template: str | None = None
+    """FILE holding the reward model's input: plain text with str.format fields {story},
+    {question}, {reasoning}; none: the built-in one (socialr1/rewards/content.py). Train the
+    reward model with the same file (train.py reward-model --input.template FILE)."""
 
 
 @dataclass
@@ -177,10 +199,11 @@ class RewardConfig:
     latency-bound ops: extra threads gain little and lose much when the cores are shared."""
 
     def __post_init__(self) -> None:
+        """ConfigError, not ValueError: train.py prints it as one line (tyro would box a ValueError)."""
         if not (0 <= self.rep_tolerance < 1 and 0 <= self.copy_tolerance < 1):
-            raise ValueError("--reward.rep-tolerance and --reward.copy-tolerance must lie in [0, 1)")
+            raise ConfigError("--reward.rep-tolerance and --reward.copy-tolerance must lie in [0, 1)")
         if self.len_max <= self.len_min or min(self.rep_ngram, self.copy_ngram, self.mental_target) < 1:
-            raise ValueError("need --reward.len-max > --reward.len-min and --reward.rep-ngram, copy-ngram, mental-target >= 1")
+            raise ConfigError("need --reward.len-max > --reward.len-min and --reward.rep-ngram, copy-ngram, mental-target >= 1")
         needs = {
             "--reward.judge.base-url": self.structure_scorer == "judge" and not self.judge.base_url,
             "--reward.judge.model": self.structure_scorer == "judge" and not self.judge.model,
@@ -189,12 +212,15 @@ class RewardConfig:
         }
         for flag, missing in needs.items():
             if missing:
-                raise ValueError(f"{flag} is needed by --reward.structure {self.structure} --reward.content {self.content}")
+                raise ConfigError(f"{flag} is needed by --reward.structure {self.structure} --reward.content {self.content}")
         for flag, name in (("--reward.judge.api-key-env", self.judge.api_key_env), ("--reward.rm.api-key-env", self.rm.api_key_env)):
             if name and name not in os.environ:
-                raise ValueError(f"{flag} {name}: no such environment variable is set")
+                raise ConfigError(f"{flag} {name}: no such environment variable is set")
         if self.social_r1.rep_n < 1 or self.social_r1.curriculum_steps <= 0 or self.social_r1.len_softness <= 0:
-            raise ValueError("--reward.social-r1.rep-n, curriculum-steps and len-softness must be positive")
+            raise ConfigError("--reward.social-r1.rep-n, curriculum-steps and len-softness must be positive")
+        for path, spec in ((self.judge.prompt, JUDGE_PROMPT), (self.judge.system, JUDGE_SYSTEM), (self.rm.template, RM_INPUT)):
+            if path is not None:
+                read_template(path, *spec)
 
     # Resolved choices, as properties: tyro takes a preset's field values as the defaults of its
     # flags, so "auto" must stay in the fields for --reward.judge.base-url alone to switch the judge on.
@@ -227,6 +253,12 @@ class RewardConfig:
             "endpoint": f"{self.rm.api} scoring API at {self.rm.url}",
         }.get(self.content_scorer, "lexical")
         line = f"reward: formula {self.formula_used}, structure {structure}, content {content}"
-        if self.formula_used == "social-r1" and not self.external:
-            line += " (no --reward.judge.base-url nor --reward.rm.path/url: the offline lexical scorers stand in)"
+        if self.formula_used == "social-r1":
+            judge, model = self.structure_scorer == "judge", self.content_scorer != "lexical"
+            if not (judge or model):
+                line += " (no --reward.judge.base-url nor --reward.rm.path/url: the offline lexical scorers stand in)"
+            elif not judge:
+                line += " (no --reward.judge.base-url: the offline lexical structure score stands in for the paper's judge)"
+            elif not model:
+                line += " (no --reward.rm.path/url: the offline lexical content score stands in for the paper's reward model)"
         return line

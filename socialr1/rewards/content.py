@@ -11,6 +11,7 @@ import torch
 
 from socialr1.rewards import remote
 from socialr1.rewards.config import RewardModelConfig
+from socialr1.rewards.templates import RM_INPUT, read_template
 
 Tensor = torch.Tensor
 RM_TEMPLATE = (
@@ -20,11 +21,18 @@ RM_TEMPLATE = (
 )
 
 
-def rm_input(story: str, question: str, think_text: str) -> str:
+def rm_template(path: str | None, flag: str = RM_INPUT[0]) -> str:
+    """The reward model's input template: the file `path` (checked as templates.RM_INPUT says; its
+    flag named `flag` in errors), or the built-in RM_TEMPLATE."""
+    return RM_TEMPLATE if path is None else read_template(path, flag, *RM_INPUT[1:])
+
+
+def rm_input(story: str, question: str, think_text: str, template: str = RM_TEMPLATE) -> str:
     """The reward model's input text, the one place it is defined: the in-process model, the
     scoring APIs, and reward-model training (pairs of these texts for one story and question)
-    all use it. think_text: the stripped text of the think block (or of one SIP stage)."""
-    return RM_TEMPLATE.format(story=story, question=question, reasoning=think_text)
+    all use it, with the same template (`rm_template`). think_text: the stripped text of the
+    think block (or of one SIP stage)."""
+    return template.format(story=story, question=question, reasoning=think_text)
 
 
 class RewardModel:

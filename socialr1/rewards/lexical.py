@@ -3,10 +3,12 @@ batch at once, on token-id tensors, on the rollouts' device.
 
 A batch [B, T] of token ids becomes one flat byte stream (rows back to back, NUL-separated) via a
 per-vocabulary byte table built once from the tokenizer, so markers, whitespace and words are found
-exactly, whatever the BPE split. Markers are matched at candidate bytes (those that start one),
-words are hashed with a polynomial hash taken from prefix sums, and per-row questions ("is this
-word in this row's story?") become lookups of keys that carry the row in their high bits. Per-item
-data is tokenised into padded key tensors once by `encode_items`. The per-sample definitions are
+exactly, whatever the BPE split. The stream is decoded as Python decodes it (UTF-8,
+errors="replace": one U+FFFD per invalid sequence), and whitespace is what `str.isspace` says of the
+decoded characters. Markers are matched at candidate bytes (those that start one), words are hashed
+with a polynomial hash taken from prefix sums, and per-row questions ("is this word in this row's
+story?") become lookups of keys that carry the row in their high bits. Per-item data is tokenised
+into padded key tensors once by `encode_items`. The per-sample definitions are
 in tests/rewards_reference.py, written independently, which the tests check this module against.
 """
 
@@ -20,9 +22,10 @@ from tokenizers import decoders
 from transformers import PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from socialr1.errors import ConfigError
 from socialr1.items import MCQItem
 from socialr1.rewards.config import RewardConfig
-from socialr1.rewards.constants import CHAR_BASE, CHAR_CODE, HASH_MOD, NGRAM_BASE, WHITESPACE
+from socialr1.rewards.constants import CHAR_BASE, CHAR_CODE, HASH_MOD, NGRAM_BASE, WHITESPACE, utf8_table
 from socialr1.rewards.targets import GROUNDED_KEYS, MENTAL_KEYS, STOP_KEYS, item_targets
 from socialr1.sip import SIPFormat
 
@@ -110,6 +113,7 @@ def _direct_table(flags: dict[int, int]) -> Tensor:
 # Byte classes, packed with the byte itself into one int per byte of the vocabulary table.
 CODE_SHIFT, NONBLANK_SHIFT, MARKER_SHIFT = 8, 14, 15
 NONBLANK_BIT, MARKER_BIT = 1 << NONBLANK_SHIFT, 1 << MARKER_SHIFT
+REPLACEMENT = 0xFFFD  # the character of an invalid UTF-8 sequence
 # Flags of the global word lists in the direct table.
 STOP, MENTAL, LEXICON = 1, 2, 4
 
@@ -119,16 +123,52 @@ class Flat:
     """A batch of completions as one byte stream: each row's bytes, then a NUL separator, so that
     neither words nor markers run from one row into the next."""
 
-    packed: Tensor  # [N] byte | CHAR_CODE << CODE_SHIFT | NONBLANK_BIT | MARKER_BIT (may start a marker)
+    packed: Tensor  # [N] byte | CHAR_CODE << CODE_SHIFT | NONBLANK_BIT (not an ASCII space) | MARKER_BIT (may start a marker)
     start: Tensor  # [B] first byte of each row
     end: Tensor  # [B] one past each row's last byte (its separator)
-    n_nonblank: Tensor  # [N + 1] non-whitespace bytes before each position
+    n_nonblank: Tensor  # [N + 1] bytes before each position that are not part of a whitespace character
+    lead: Tensor  # [N] bool: the byte starts a character of the decoded text
+    code: Tensor  # [N] that character's code point (REPLACEMENT for an invalid sequence), 0 on other bytes
 
     def row_of(self, pos: Tensor) -> Tensor:
         return torch.searchsorted(self.end, pos.contiguous(), right=True)
 
     def bytes_at(self, pos: Tensor) -> Tensor:
         return self.packed[pos.clamp(0, len(self.packed) - 1)] & 255
+
+
+def decode_utf8(byte: Tensor, table: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Python's `bytes.decode("utf-8", errors="replace")` of a byte stream [N]: (lead, code) of
+    Flat, and [W] where the characters other than ASCII start. table: constants.utf8_table(). A
+    sequence takes the continuation bytes that fit it (its second byte within the lead's own
+    range); one cut short, and every byte that starts none, decodes to one REPLACEMENT, as the
+    maximal invalid subsequences of the Unicode standard. Only the non-ASCII bytes are looked at:
+    an ASCII byte is always a character of its own."""
+    N = len(byte)
+    pos = torch.nonzero(byte >= 0x80).squeeze(1)  # [M]
+    b0 = byte.index_select(0, pos)
+    b1, b2, b3 = (  # the next three bytes; past the end 0, which continues nothing
+        torch.where(pos + k < N, byte.index_select(0, (pos + k).clamp(max=max(N - 1, 0))), 0) for k in (1, 2, 3)
+    )
+    need, lo, hi, valid = table.index_select(1, b0)  # [M] each, as if each byte started a sequence
+    ok1 = (need > 1) & (b1 >= lo) & (b1 <= hi)
+    ok2 = ok1 & (need > 2) & ((b2 & 0xC0) == 0x80)
+    ok3 = ok2 & (need > 3) & ((b3 & 0xC0) == 0x80)
+    taken = ok1.long() + ok2 + ok3  # continuation bytes the sequence starting here takes
+    is_cont = (b0 & 0xC0) == 0x80
+    k = torch.arange(len(pos), device=byte.device)
+    owner = torch.where(is_cont, -1, k).cummax(0).values  # [M] the last non-ASCII non-continuation byte before
+    o = owner.clamp(min=0)
+    lead_hi = ~is_cont | (owner < 0) | (pos - pos.index_select(0, o) > taken.index_select(0, o))  # an ASCII byte between: > taken
+    code_hi = torch.where(
+        need == 2, (b0 & 0x1F) << 6 | (b1 & 0x3F),
+        torch.where(need == 3, (b0 & 0x0F) << 12 | (b1 & 0x3F) << 6 | (b2 & 0x3F),
+                    (b0 & 0x07) << 18 | (b1 & 0x3F) << 12 | (b2 & 0x3F) << 6 | (b3 & 0x3F)),
+    )
+    code_hi = torch.where((valid > 0) & (taken + 1 == need), code_hi, REPLACEMENT)
+    lead = torch.ones(byte.shape, dtype=torch.bool, device=byte.device).index_put_((pos,), lead_hi)
+    code = byte.clone().index_put_((pos,), torch.where(lead_hi, code_hi, 0))
+    return lead, code, pos[lead_hi]
 
 
 @dataclass
@@ -180,6 +220,8 @@ class LexicalScorer:
         "marker_mask",
         "marker_len",
         "word_table",
+        "utf8",
+        "spaces",
     )
 
     def __init__(
@@ -192,9 +234,9 @@ class LexicalScorer:
         """prefix: pre-filled text that every row of the byte view starts with."""
         headers = [fmt.stage_header(k) for k in range(len(fmt.stages))]
         if len(headers) != 4:
-            raise ValueError(f"the SIP reward scores four stages, got {fmt.stages}")
+            raise ConfigError(f"--sip.stages {' '.join(fmt.stages)}: the SIP reward scores four stages")
         if any(a != b and b.startswith(a) for a in headers for b in headers):
-            raise ValueError(f"no stage header may begin another: {headers}")  # keeps stage segments disjoint
+            raise ConfigError(f"--sip.stages: no stage header may begin another: {headers}")  # keeps stage segments disjoint
         self.tokenizer, self.config, self.fmt = tokenizer, config, fmt
         encoded = [m.encode() for m in (fmt.think_open, fmt.think_close, fmt.answer_open, fmt.answer_close, *headers)]
         self.marker_len = torch.tensor(list(map(len, encoded)))  # [8]
@@ -210,7 +252,7 @@ class LexicalScorer:
             [
                 b
                 | CHAR_CODE.get(chr(b), 0) << CODE_SHIFT
-                | NONBLANK_BIT * (chr(b) not in WHITESPACE)
+                | NONBLANK_BIT * (b >= 0x80 or chr(b) not in WHITESPACE)  # wider spaces: in flatten
                 | MARKER_BIT * (b in starts)
                 for b in range(256)
             ]
@@ -227,6 +269,8 @@ class LexicalScorer:
             for k in STOP_KEYS | GROUNDED_KEYS
         }
         self.word_table = _direct_table(flags)
+        self.utf8 = utf8_table()
+        self.spaces = torch.tensor(sorted(map(ord, WHITESPACE)))
         self._powers: dict[int, Tensor] = {}  # base -> [base**j mod HASH_MOD], grown on demand
         self._device = torch.device("cpu")
 
@@ -305,7 +349,12 @@ class LexicalScorer:
         packed = self.vocab_packed.index_select(0, torch.cumsum(index, 0, out=index))  # [N]
         end = ends.view(B, T + 1)[:, -1] - 1
         row_len = lens.view(B, T + 1)[:, :-1].sum(1)
-        return Flat(packed, end - row_len, end, _prefix_sum((packed >> NONBLANK_SHIFT).bitwise_and_(1)))
+        lead, code, wide = decode_utf8(packed & 255, self.utf8)
+        nonblank = (packed >> NONBLANK_SHIFT) & 1  # [N] 0 on ASCII spaces; other spaces (2 or 3 bytes) below
+        space = wide[torch.isin(code.index_select(0, wide), self.spaces)]
+        three = space[code.index_select(0, space) >= 0x800]
+        nonblank.index_put_((torch.cat([space, space + 1, three + 2]),), nonblank.new_zeros(1))
+        return Flat(packed, end - row_len, end, _prefix_sum(nonblank), lead, code)
 
     def markers(self, text: Flat) -> Markers:
         B, M, Lm = len(text.start), len(self.marker_len), int(self.marker_len.max())

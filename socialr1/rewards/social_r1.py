@@ -1,14 +1,17 @@
 """Social-R1's published reward, vectorized on the byte stream of `LexicalScorer.flatten`.
 
-For a decoded completion (special tokens dropped; whitespace means ASCII whitespace):
+For a completion decoded as Python decodes it (special tokens dropped; UTF-8 with errors="replace";
+whitespace, `\\s` and stripping as Python's `re` and `str.strip()` see them):
 - F = 1 when the whole text matches ^<think>(.*?)</think>(.*?)<Answer>(.*?)</Answer>$ (DOTALL; `$`
   also matches before one final newline), else 0;
 - EM: the letter of the first <Answer>\\s*([A-Z])[\\s\\S]*?</Answer> match equals the gold one;
-- T: the text of the first <think>(.*?)</think> match, stripped; L: its length in characters;
+- T: the text of the first <think>(.*?)</think> match, stripped; L: its length in characters
+  (code points; an invalid UTF-8 sequence is one U+FFFD);
 - lp = sigmoid((L - 400) / 50) * sigmoid((3000 - L) / 50); rho: share of repeated character
   16-grams of T; rp = exp(-8 (rho - 0.1)) when rho > 0.1, else 1;
 - R = F^3 * (EM + tau * (w_s * S + w_c * adj)) * lp * rp, tau = 1 if EM else 0.2,
-  adj = max(0, C + 2) ** 1.2, w_s = 2 - p, w_c = 1 + 2p, p = min(1, step / 200);
+  adj = max(0, C + 2) ** 1.2, w_s = 2 - p, w_c = 1 + 2p, p = min(1, global_step / 200) where the
+  first update is global step 1 (verl's count; the trainer's step is 0-based: global = step + 1);
   R = 0 when F < 0.1, else max(0.01, R). A structure or content score that failed counts 0.
 (constants: SocialR1Config). tests/rewards_reference.py holds the same definition per sample.
 """
@@ -25,7 +28,7 @@ from socialr1.rewards.lexical import Flat, LexicalScorer, Markers
 
 Tensor = torch.Tensor
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = range(4)  # marker rows of Markers.hit
-GRAM_BASES = (257, 263)  # two polynomial hashes of a character n-gram's bytes (> any byte code + 1)
+GRAM_BASES = (1_114_119, 1_114_157)  # two polynomial hashes of a character n-gram's code points (> any code point + 1)
 NONE = torch.iinfo(torch.int64).max
 
 
@@ -35,7 +38,7 @@ class Think:
 
     start: Tensor  # [B]
     end: Tensor  # [B] (= start when there is none)
-    chars: Tensor  # [B] L: characters (UTF-8 sequences) in [start, end)
+    chars: Tensor  # [B] L: characters of the decoded text in [start, end)
 
 
 def _occurrences(marks: Markers, m: int) -> tuple[Tensor, Tensor]:
@@ -59,14 +62,8 @@ def think_text(scorer: LexicalScorer, text: Flat, marks: Markers) -> Think:
     has = ns[close] > ns[inner]
     a = torch.where(has, torch.searchsorted(ns, ns[inner] + 1) - 1, close)  # first non-blank byte
     b = torch.where(has, torch.searchsorted(ns, ns[close]), close)  # one past the last
-    starts = _prefix_chars(text)
+    starts = torch.nn.functional.pad(text.lead.long().cumsum(0), (1, 0))  # [N + 1] characters before each byte
     return Think(a, b, starts[b] - starts[a])
-
-
-def _prefix_chars(text: Flat) -> Tensor:
-    """[N + 1] character starts (bytes that are no UTF-8 continuation byte) before each position."""
-    lead = ((text.packed & 0xC0) != 0x80).long()
-    return torch.nn.functional.pad(lead.cumsum(0), (1, 0))
 
 
 def format_score(scorer: LexicalScorer, text: Flat, marks: Markers) -> Tensor:
@@ -101,39 +98,37 @@ def chosen_letter(scorer: LexicalScorer, text: Flat, marks: Markers) -> Tensor:
 
 
 def repeated_share(scorer: LexicalScorer, text: Flat, think: Think, n: int) -> Tensor:
-    """[B] rho: (count - distinct) / count of the character n-grams of T (0 when L < n). An n-gram
-    is the byte range from its first character's start to the start of the character n later."""
+    """[B] rho: (count - distinct) / count of the character n-grams of T (0 when L < n): runs of n
+    consecutive code points of the decoded text."""
     B, N, device = len(think.start), len(text.packed), text.packed.device
     edge = torch.zeros(N + 1, dtype=torch.long, device=device)
     edge.index_add_(0, think.start, torch.ones_like(think.start)).index_add_(0, think.end, -torch.ones_like(think.end))
     inside = edge.cumsum(0)[:N] > 0
-    pos = torch.nonzero(inside & ((text.packed & 0xC0) != 0x80)).squeeze(1)  # [K] character starts in T
+    pos = torch.nonzero(inside & text.lead).squeeze(1)  # [K] the characters of every row's T, in order
     row = text.row_of(pos)
     first = think.chars.cumsum(0) - think.chars  # [B] index into pos of each row's first character
     local = torch.arange(len(pos), device=device) - first[row]
-    gram = torch.nonzero(local + n <= think.chars[row]).squeeze(1)  # [G] n-grams that fit
-    grow = row[gram]
-    later = pos[(gram + n).clamp(max=max(len(pos) - 1, 0))]
-    stop = torch.where(local[gram] + n < think.chars[grow], later, think.end[grow])
-    begin = pos[gram]
-    keys = [_range_hash(scorer, text, base, begin, stop) for base in GRAM_BASES]
-    distinct = torch.unique(torch.stack([grow, *keys], 1), dim=0)[:, 0].bincount(minlength=B)
+    gram = torch.nonzero(local + n <= think.chars[row]).squeeze(1)  # [G] n-grams that fit, by first character
+    code = text.code[pos]
+    keys = [_run_hash(scorer, code, base, gram, n) for base in GRAM_BASES]
+    distinct = torch.unique(torch.stack([row[gram], *keys], 1), dim=0)[:, 0].bincount(minlength=B)
     count = (think.chars - n + 1).clamp(min=0)
     return torch.where(count > 0, (count - distinct) / count.clamp(min=1), 0.0).double()
 
 
-def _range_hash(scorer: LexicalScorer, text: Flat, base: int, begin: Tensor, stop: Tensor) -> Tensor:
-    """[G] sum over bytes p in [begin, stop) of (byte_p + 1) * base**(p - begin) mod HASH_MOD."""
-    N, device = len(text.packed), text.packed.device
-    terms = ((text.packed & 255) + 1) * scorer.powers(base, N, device) % HASH_MOD
-    prefix = torch.nn.functional.pad(terms.cumsum(0), (1, 0))  # < N * 2**31 < 2**57
-    shifted = (prefix[stop] - prefix[begin]) % HASH_MOD
-    return shifted * scorer.powers(pow(base, HASH_MOD - 2, HASH_MOD), N, device)[begin] % HASH_MOD
+def _run_hash(scorer: LexicalScorer, code: Tensor, base: int, begin: Tensor, n: int) -> Tensor:
+    """[G] sum over j < n of (code[begin + j] + 1) * base**j mod HASH_MOD, for code points code [K]."""
+    K, device = len(code), code.device
+    terms = (code + 1) * scorer.powers(base, K, device) % HASH_MOD  # (code + 1) < 2**21, powers < 2**31
+    prefix = torch.nn.functional.pad(terms.cumsum(0), (1, 0))  # < K * 2**31 < 2**57
+    shifted = (prefix[begin + n] - prefix[begin]) % HASH_MOD
+    return shifted * scorer.powers(pow(base, HASH_MOD - 2, HASH_MOD), K, device)[begin] % HASH_MOD
 
 
 def weights(step: int, cfg: SocialR1Config) -> tuple[float, float]:
-    """(w_s, w_c) at `step` of the structure-to-content curriculum."""
-    p = min(1.0, step / cfg.curriculum_steps)
+    """(w_s, w_c) of the structure-to-content curriculum at the trainer's 0-based `step`. The
+    paper's code (verl) counts its first update as global step 1, so p = (step + 1) / 200 here."""
+    p = min(1.0, (step + 1) / cfg.curriculum_steps)
     return (
         cfg.w_structure_start + (cfg.w_structure_end - cfg.w_structure_start) * p,
         cfg.w_content_start + (cfg.w_content_end - cfg.w_content_start) * p,

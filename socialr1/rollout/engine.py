@@ -178,8 +178,9 @@ class Engine:
     """Holds the compiled decode steps across rollouts (one per batch size and cache bucket)."""
 
     def __init__(self, compile: bool = False, bucket: int = BUCKET, max_graphs: int = MAX_GRAPHS,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, interrupt: Callable[[], None] | None = None):
         self.compile, self.bucket, self.max_graphs, self.log = compile, bucket, max_graphs, log
+        self.interrupt = interrupt  # called at every host check; may raise to abandon the rollout (a stop signal)
         self.graphs: set[tuple[int, int]] = set()
         self._compiled = torch.compile(decode_step, dynamic=False) if compile else None
 
@@ -256,6 +257,8 @@ class Engine:
             if i == steps - 1:
                 break
             if (i + 1) % params.check_every == 0:
+                if self.interrupt is not None:
+                    self.interrupt()
                 if strings is not None:
                     self._find_strings(strings, out, rows, done, checked, i + 1, cut)
                     checked = i + 1

@@ -6,8 +6,8 @@ from typing import Literal
 
 import torch
 
-from kernels import chunked, vocab_slabs
-from kernels.reference import naive_linear_logprobs
+from socialr1.kernels import chunked, vocab_slabs
+from socialr1.kernels.reference import naive_linear_logprobs
 
 Backend = Literal["triton", "torch", "naive"]
 
@@ -23,7 +23,7 @@ def _impl(backend: Backend) -> ModuleType:
         return chunked
     if backend == "triton":
         # Imported lazily so CPU-only users never need a working Triton install.
-        from kernels import triton_logprobs
+        from socialr1.kernels import triton_logprobs
 
         return triton_logprobs
     raise ValueError(f"unknown backend {backend!r}")

@@ -4,7 +4,7 @@ from typing import Literal
 
 import torch
 
-from kernels.linear_logprobs import Backend, linear_logprobs
+from socialr1.kernels.linear_logprobs import Backend, linear_logprobs
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 
