@@ -86,7 +86,7 @@ def load_pretrained(
 def _advice(name: str, reason: str, flag: str) -> str:
     local = name.rstrip("/").split("/")[-1]
     return (
-        f"could not load model {name!r}: {reason}. "
+        f"could not load model {name!r}: {' '.join(reason.split()).rstrip('.')}. "
         "Without the Hugging Face hub, download it on a machine that has access "
         f"(hf download {name} --local-dir {local}), copy the folder here and pass its path: "
         f"{flag} ./{local}"

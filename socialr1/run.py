@@ -81,9 +81,11 @@ class Steps(Protocol):
 
 
 class Run:
-    def __init__(self, cfg: RunSettings, world: World, log: RunLog, steps: int, shown: str, product: str):
+    def __init__(self, cfg: RunSettings, world: World, log: RunLog, steps: int, shown: str, product: str,
+                 eval_first: bool):
         self.cfg, self.world, self.log, self.steps = cfg, world, log, steps
         self.shown, self.product = shown, product  # the metric on the progress bar; what final/ holds
+        self.eval_first = eval_first  # also evaluate before the first step (the baseline a run improves on)
         self.out = Path(cfg.output_dir)
         self.start_step = self.skipped_total = self.skipped_in_a_row = 0
         self.skip_reason: str | None = None
@@ -175,8 +177,10 @@ class Run:
             shutil.rmtree(self.out)
         dist.barrier()
         self.log.start(self.start_step)
-        if trainer.has_eval and (self.start_step == 0 or cfg.eval_every and self.start_step % cfg.eval_every == 0):
-            self._eval(trainer, self.start_step)  # an eval due at the resumed step was dropped with the later metrics
+        # An eval due at the resumed step was dropped with the later metrics: it runs again.
+        resumed_at_eval = self.start_step > 0 and cfg.eval_every and self.start_step % cfg.eval_every == 0
+        if trainer.has_eval and (self.start_step == 0 and self.eval_first or resumed_at_eval):
+            self._eval(trainer, self.start_step)
         with self._catch_stop_signals():
             for step in range(self.start_step, self.steps):
                 rng = rng_state()

@@ -16,6 +16,7 @@ from socialr1 import distributed as D
 from socialr1 import evalsets
 from socialr1.config import ConfigError, TrainConfig, shape_flags
 from socialr1.data import load_items, rank_share
+from socialr1.evalsets.overlap import warning as overlap_warning
 from socialr1.evaluate import evaluate
 from socialr1.grpo import group_advantages, microbatch_weight, zero_std_fraction
 from socialr1.items import MCQItem
@@ -44,7 +45,7 @@ class Trainer:
         self.cfg = cfg
         self.world = D.init_world(cfg.device)
         self.log = RunLog(Path(cfg.output_dir), cfg.steps, enabled=self.world.is_main)
-        self.run = Run(cfg, self.world, self.log, cfg.steps, shown="reward/total/mean", product="checkpoint")
+        self.run = Run(cfg, self.world, self.log, cfg.steps, shown="reward/total/mean", product="checkpoint", eval_first=True)
         self.dtype = compute_dtype(cfg.model.dtype, self.world.device)
         self.policy = self.ref = self.opt = self.sched = None
         self.ready = False
@@ -117,12 +118,9 @@ class Trainer:
 
     # ---- setup -------------------------------------------------------------------------------
     def _warn_benchmark_overlap(self) -> None:
-        """Training on an evaluation benchmark is allowed, but never silent."""
-        found = evalsets.benchmark_overlap(self.items)
-        if found:
-            listed = ", ".join(f"{n} in {name}" for name, n in sorted(found.items()))
-            self.log.print(f"warning: {sum(found.values())} of the {len(self.items)} training items are evaluation benchmark "
-                           f"items ({listed}); scores on those benchmarks will not measure generalisation")
+        """Training on an evaluation benchmark is allowed, but never silent (rank 0 reads the benchmarks)."""
+        if self.world.is_main and (text := overlap_warning(evalsets.benchmark_overlap(self.items), len(self.items))):
+            self.log.print(text)
 
     def _prompt_sharing(self) -> str:
         """Whether the training passes compute each prompt once per group, and if not, why."""
@@ -298,7 +296,8 @@ class Trainer:
         scores, lengths, ended = self._gather_step(batch, scores)
         failed = scores.pop("failed", None)  # [N_global] 1 where an external reward service failed
         failed_frac = None if failed is None else failed.mean().item()
-        adv = group_advantages(scores["total"], self.cfg.rollout.group_size, self.cfg.grpo.scale_rewards)
+        valid = None if failed is None else failed == 0  # a failed sample neither rewards nor punishes: advantage 0
+        adv = group_advantages(scores["total"], self.cfg.rollout.group_size, self.cfg.grpo.scale_rewards, valid)
         t2 = time.perf_counter()
         n = len(batch)
         if failed_frac is not None and failed_frac > self.cfg.max_reward_failure_rate:
@@ -307,8 +306,9 @@ class Trainer:
             metrics = self.update(batch, adv[self.world.rank * n : (self.world.rank + 1) * n].to(self.world.device), lengths.sum())
             reason = "non-finite loss or grad norm" if metrics.pop("skipped") else None
         self.run.count_skip(reason)
-        if failed_frac is not None:
+        if failed is not None:
             metrics["reward/failed_frac"] = failed_frac
+            metrics["reward/dropped"] = failed.sum().item()  # samples left out of their group's advantages
         t3 = time.perf_counter()
         metrics.update(self._rollout_metrics(lengths, ended, scores))
         metrics.update({"time/generation_s": t1 - t0, "time/reward_s": t2 - t1, "time/step_s": t3 - t0})

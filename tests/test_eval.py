@@ -128,7 +128,7 @@ def test_nothing_to_evaluate_is_one_line_before_the_model_loads(tmp_path, model_
     monkeypatch.setattr(eval_module, "load_pretrained", never_load)
     for asked in (dict(suite="social-r1"), {}):  # the suite, or the default (tombench)
         with pytest.raises(DataError, match=r"^nothing to evaluate: none of the benchmarks asked for is here "
-                                            r"\(tombench[,)].*--data-root " + str(tmp_path)) as e:
+                                            r"\(tombench[,)].*--data-root " + re.escape(str(tmp_path))) as e:
             eval_main(EvalConfig(model=str(model_dir), data_root=str(tmp_path), **asked))
         assert "\n" not in str(e.value)
     done = eval_cli("--model", str(model_dir), "--suite", "social-r1", "--data-root", str(tmp_path))

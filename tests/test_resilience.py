@@ -64,15 +64,19 @@ def last_line(done: subprocess.CompletedProcess) -> str:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """The uninterrupted run of each kind, made once."""
-    made: dict[str, Path] = {}
+    """The uninterrupted run of each kind, on 1 rank (checkpoints every 2 steps) or 2, made once."""
+    made: dict[tuple[str, int], Path] = {}
 
-    def get(kind: str) -> Path:
-        if kind not in made:
-            made[kind] = tmp_path_factory.mktemp(f"straight-{kind}")
-            done = train(made[kind], "--save-every", "2", kind=kind)
-            assert done.returncode == 0, done.stderr[-3000:]
-        return made[kind]
+    def get(kind: str, ranks: int = 1) -> Path:
+        if (kind, ranks) not in made:
+            out = tmp_path_factory.mktemp(f"straight-{kind}-{ranks}") / "run"
+            if ranks == 1:
+                done = train(out, "--save-every", "2", kind=kind)
+                assert done.returncode == 0, done.stderr[-3000:]
+            else:
+                torchrun(2, "train.py", [*TWO_RANKS[kind], "--output-dir", str(out)], out.parent)
+            made[kind, ranks] = out
+        return made[kind, ranks]
 
     return get
 
@@ -116,19 +120,6 @@ TWO_RANKS = {"grpo": [*COMMON, "--steps", "3", "--rollout.check-every", "1"],
              "reward-model": [*RM_COMMON, "--steps", "3", "--token-budget", "300"]}
 
 
-@pytest.fixture(scope="module")
-def straight_on_two_ranks(tmp_path_factory):
-    made: dict[str, Path] = {}
-
-    def get(kind: str) -> Path:
-        if kind not in made:
-            made[kind] = tmp_path_factory.mktemp(f"straight2-{kind}")
-            torchrun(2, "train.py", [*TWO_RANKS[kind], "--output-dir", str(made[kind] / "run")], made[kind])
-        return made[kind] / "run"
-
-    return get
-
-
 @pytest.mark.parametrize("kind", ["grpo", "reward-model"])
 def test_sigterm_on_one_of_two_ranks_stops_both_with_a_checkpoint(kind, tmp_path):
     """Rank 1 alone is signalled as step 1 begins: rank 0 learns it at the next gate, both drop
@@ -143,7 +134,7 @@ def test_sigterm_on_one_of_two_ranks_stops_both_with_a_checkpoint(kind, tmp_path
 
 
 @pytest.mark.parametrize("kind", ["grpo", "reward-model"])
-def test_sigterm_to_torchrun_during_a_60_second_step_leaves_a_checkpoint_in_its_grace(kind, tmp_path, straight_on_two_ranks):
+def test_sigterm_to_torchrun_during_a_60_second_step_leaves_a_checkpoint_in_its_grace(kind, tmp_path, straight):
     """Step 1 takes 60 s (12 decode steps of 5 s; 4 micro-batches of 15 s). SIGTERM to torchrun
     5 s into it: torchrun forwards it and kills what still runs 30 s later; the ranks drop the step
     and write checkpoint-1 well before. `--resume auto` then ends with the uninterrupted run's weights."""
@@ -165,7 +156,7 @@ def test_sigterm_to_torchrun_during_a_60_second_step_leaves_a_checkpoint_in_its_
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
 
     torchrun(2, "tests/hooked_train.py", ["{}", *TWO_RANKS[kind], "--output-dir", str(out), "--resume", "auto"], tmp_path)
-    assert same_weights(straight_on_two_ranks(kind) / "final", out / "final")
+    assert same_weights(straight(kind, ranks=2) / "final", out / "final")
 
 
 def test_second_sigint_exits_at_once(tmp_path):

@@ -108,11 +108,22 @@ def render(name: str, cfg: TrainConfig, pc: PlanConfig, rec: Recorded) -> str:
         total_s += t.seconds
         lines.append(f"| {t.phase} | {t.flops / 1e12:.2f} | {t.hbm_bytes / 1e9:.1f} | {t.comm_bytes / 1e9:.2f} | {t.seconds:.2f} |")
     lines += [f"step >= {total_s:.1f} s; {cfg.steps} steps >= {total_s * cfg.steps / 3600:.2f} h", LOWER_BOUND,
-              f"GPU figures: {gpu.source}"]
-    return "\n".join(lines)
+              f"GPU figures: {gpu.source}", "", "the same run on each GPU (same memory; times at each GPU's peaks)"]
+    return "\n".join(lines + gpu_table(cfg, pc, rec))
 
 
-# Changes the fit search tries, each on top of the last, smallest first: (flag, apply, applicable).
+def gpu_table(cfg: TrainConfig, pc: PlanConfig, rec: Recorded) -> list[str]:
+    lines = ["| GPU | memory GiB | peak GiB | fits | step s (lower bound) | run h (lower bound) |", "|---|---:|---:|---|---:|---:|"]
+    for name, gpu in GPUS.items():
+        step_s = sum(t.seconds for t in timings(rec, gpu, pc.world_size))
+        lines.append(f"| {name} | {_gib(gpu.memory)} | {_gib(peak(rec))} | {'yes' if fits(rec, gpu, pc.headroom) else 'no'} "
+                     f"| {step_s:.1f} | {step_s * cfg.steps / 3600:.2f} |")
+    return lines
+
+
+# What the fit search may change, smallest first, as (flag, apply, possible). Which ones it tries
+# depends on the phase at the peak: training memory shrinks with checkpointing and smaller
+# micro-batches; the rollout's (the KV cache) with fewer prompts per rank or shorter completions.
 Change = tuple[str, Callable[[TrainConfig], None], Callable[[TrainConfig, PlanConfig], bool]]
 
 
@@ -128,14 +139,19 @@ def _halve_tokens(c: TrainConfig) -> None:
     c.rollout.max_new_tokens = max(1, c.rollout.max_new_tokens // 2)
 
 
-CHANGES: list[Change] = [
-    ("--model.activation-checkpointing", lambda c: setattr(c.model, "activation_checkpointing", True),
-     lambda c, pc: not c.model.activation_checkpointing),
-    ("--grpo.micro-batch-size", _halve_micro_batch, lambda c, pc: c.grpo.micro_batch_size > 1),
-    ("--rollout.prompts-per-step", _halve_prompts,
-     lambda c, pc: c.rollout.prompts_per_step // 2 >= pc.world_size and (c.rollout.prompts_per_step // 2) % pc.world_size == 0),
-    ("--rollout.max-new-tokens", _halve_tokens, lambda c, pc: c.rollout.max_new_tokens > 1),
-]
+CHECKPOINTING: Change = ("--model.activation-checkpointing", lambda c: setattr(c.model, "activation_checkpointing", True),
+                         lambda c, pc: not c.model.activation_checkpointing)
+MICRO_BATCH: Change = ("--grpo.micro-batch-size", _halve_micro_batch, lambda c, pc: c.grpo.micro_batch_size > 1)
+PROMPTS: Change = ("--rollout.prompts-per-step", _halve_prompts,
+                   lambda c, pc: (c.rollout.prompts_per_step // 2) % pc.world_size == 0 and c.rollout.prompts_per_step // 2 > 0)
+TOKENS: Change = ("--rollout.max-new-tokens", _halve_tokens, lambda c, pc: c.rollout.max_new_tokens > 1)
+CHANGES = [CHECKPOINTING, MICRO_BATCH, PROMPTS, TOKENS]
+FOR_PHASE = {"old / ref log-probs": [CHECKPOINTING, MICRO_BATCH, PROMPTS, TOKENS], "update": [CHECKPOINTING, MICRO_BATCH, PROMPTS, TOKENS],
+             "rollout: prefill": [PROMPTS, TOKENS], "rollout: decode": [PROMPTS, TOKENS], "reward": [PROMPTS, TOKENS]}
+
+
+def peak_phase(rec: Recorded) -> str:
+    return max(rec.memory, key=lambda p: rec.memory[p].get(TOTAL, 0))
 
 
 def _flag_value(flag: str, c: TrainConfig) -> str:
@@ -143,25 +159,21 @@ def _flag_value(flag: str, c: TrainConfig) -> str:
     return str(getattr(getattr(c, section), name.replace("-", "_")))
 
 
-def fit_search(cfg: TrainConfig, pc: PlanConfig, plan: Callable[[TrainConfig], Recorded], max_plans: int = 6) -> tuple[TrainConfig, Recorded] | None:
-    """Plan again with smaller settings until one fits: each round applies the change, among those
-    still possible, whose new plan has the lowest peak. None when nothing tried fits."""
+def fit_search(cfg: TrainConfig, rec: Recorded, pc: PlanConfig, plan: Callable[[TrainConfig], Recorded],
+               max_plans: int = 6) -> tuple[TrainConfig, Recorded] | None:
+    """Plan again, one change at a time, until a plan fits: each round makes the smallest possible
+    change against the phase at the current peak. None when no change is left (e.g. the load's
+    peak, the whole float32 model on one GPU, does not fit) or after `max_plans` plans."""
     gpu, current = GPUS[pc.gpu], copy.deepcopy(cfg)
     for _ in range(max_plans):
-        tried = []
-        for flag, apply, possible in CHANGES:
-            if not possible(current, pc):
-                continue
-            candidate = copy.deepcopy(current)
-            apply(candidate)
-            rec = plan(candidate)
-            if fits(rec, gpu, pc.headroom):
-                return candidate, rec
-            tried.append((peak(rec), flag, candidate))
-            break  # one change per round: the cheapest first keeps the search to a few plans
-        if not tried:
+        options = [ch for ch in FOR_PHASE.get(peak_phase(rec), []) if ch[2](current, pc)]
+        if not options:
             return None
-        current = min(tried, key=lambda t: t[0])[2]
+        current = copy.deepcopy(current)
+        options[0][1](current)
+        rec = plan(current)
+        if fits(rec, gpu, pc.headroom):
+            return current, rec
     return None
 
 

@@ -62,6 +62,7 @@ class Recorded:
     memory: dict[str, dict[str, int]]  # phase -> category -> bytes at the phase's peak (Total: the peak)
     work: dict[str, Work]  # phase -> FLOPs and bytes
     sharded_param_bytes: int  # this rank's shards of the policy's and the reference's parameters
+    gathered_param_bytes: int  # the policy's whole parameters in the compute dtype (the rollout gathers them)
     decode_tokens: int  # decode steps of the rollout
     assumptions: list[str]
 
@@ -123,7 +124,22 @@ def fake_world(size: int) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-class StepTracker(FSDPMemTracker):
+class PeakOnly:
+    """The trackers' peak bookkeeping without their per-module statistics, which the plan does not
+    read and which cost a scan of every module per op."""
+
+    def _update_peak_stats(self, peak_state) -> None:
+        for dev, snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(dev, 0) < snap[TOTAL]:
+                self._peak_mem[dev] = snap[TOTAL]
+                self._peak_mem_snap[dev] = dict(snap)
+
+
+class LoadTracker(PeakOnly, MemTracker):
+    pass
+
+
+class StepTracker(PeakOnly, FSDPMemTracker):
     """FSDPMemTracker for the whole step. Its per-module statistics (unused here) allow one forward
     per module per iteration; the prompt-shared forward runs each layer twice (prompt, then
     completions), and the log-prob passes are FSDP forward methods, not module calls. Dropping a
@@ -166,7 +182,7 @@ class Phases:
         self.memory: dict[str, dict[str, int]] = {}
 
     def _close(self) -> None:
-        if self.tracker is None:
+        if self.tracker is None or self.trace.phase not in PHASES:
             return
         peak = self.tracker.get_tracker_snapshot("peak")
         snap = next(iter(peak.values()), {TOTAL: 0})
@@ -225,33 +241,38 @@ def _sharded_bytes(*models: nn.Module | None) -> int:
     return total
 
 
-def record(cfg: TrainConfig, pc: PlanConfig) -> Recorded:
-    """Plan one configuration: set up, one step, and a second update (optimizer state allocated)."""
+def record(cfg: TrainConfig, pc: PlanConfig, fake: bool = True) -> Recorded:
+    """Plan one configuration: set up, then one step with the optimizer's state in place.
+    fake=False runs the same on real tensors in a real world of one (the tests' measurement), with
+    sampling that never stops a row, so that its shapes are the plan's worst case."""
     arch = architecture(cfg, pc.model_config)
     prompt_tokens = pc.prompt_tokens or cfg.data.max_prompt_tokens
-    with tempfile.TemporaryDirectory(prefix="socialr1-plan-") as out, fake_world(pc.world_size), FakeTensorMode():
+    world = fake_world(pc.world_size) if fake else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="socialr1-plan-") as out, world, FakeTensorMode() if fake else contextlib.nullcontext():
         c = plan_config(cfg, pc, out)
         trace = Trace(fill_token=0)
         phases = Phases(trace)
         with trace:
             trainer = PlanTrainer(c, arch, prompt_tokens, trace)
             trainer.log.enabled = False
-            with phases.tracking(MemTracker()):
-                phases.switch(PHASES[0])
+            trace.phase = PHASES[0]
+            with phases.tracking(LoadTracker()):
                 trainer.setup()
+            if not fake:
+                trainer.sampling = dataclasses.replace(trainer.sampling, stop_ids=())
             policy, ref = trainer.policy, trainer.ref
+            with trace.in_phase("untracked"):
+                _as_after_a_step(trainer.opt)
             tracker = StepTracker(policy, trainer.opt)
             tracker._root_mod = nn.ModuleList([m for m in (policy, ref) if m is not None])  # both models' shards
             tracker.track_inputs((trainer.features,))
-            calls: dict[str, tuple] = {}
-            _instrument(trainer, phases, calls, tracker)
+            decoded = _instrument(trainer, phases, tracker, trace)
+            trace.phase = "reward"  # the step's own bookkeeping between the wrapped phases
             with phases.tracking(tracker):
-                phases.switch("reward")  # the step's own bookkeeping between the wrapped phases
                 trainer.step(0)
-                with phases.phase("update"):
-                    trainer.update(*calls["update"])  # steady state: the optimizer's state exists
-            decode_tokens = calls["decode"][0]
+            decode_tokens = decoded[0]
             sharded = _sharded_bytes(policy, ref)
+            gathered = sum(p.numel() for p in policy.parameters()) * trainer.dtype.itemsize
             trainer.close()
         assumptions = [
             f"every prompt has {prompt_tokens} tokens" + (" (--data.max-prompt-tokens)" if not pc.prompt_tokens else ""),
@@ -259,7 +280,7 @@ def record(cfg: TrainConfig, pc: PlanConfig) -> Recorded:
             f"compute dtype {c.model.dtype}, attention through SDPA, the chunked (torch) log-prob kernels",
             "rewards lexical (in-process); a judge or reward-model service is not on this GPU's bill",
         ]
-        return Recorded(phases.memory, dict(trace.work), sharded, decode_tokens, assumptions)
+        return Recorded(phases.memory, dict(trace.work), sharded, gathered, decode_tokens, assumptions)
 
 
 @contextlib.contextmanager
@@ -274,9 +295,19 @@ def _without_module_tracking(tracker: MemTracker) -> Iterator[None]:
         tracker._mod_tracker.__enter__()
 
 
-def _instrument(trainer: Trainer, phases: Phases, calls: dict[str, tuple], tracker: MemTracker) -> None:
-    """Mark the step's phases on this trainer object; keep the update's arguments for a second call
-    and the number of decode steps."""
+def _as_after_a_step(opt: torch.optim.Optimizer) -> None:
+    """Memory as a previous step leaves it, so that the planned step is a steady-state one: AdamW's
+    state (made at its first step) and the gradients, which stay allocated until the next update's
+    zero_grad, i.e. through the rollout. One step on zero gradients, which leaves the weights as
+    they are (without weight decay), makes both."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+
+
+def _instrument(trainer: Trainer, phases: Phases, tracker: MemTracker, trace: Trace) -> list[int]:
+    """Mark the step's phases on this trainer object. Returns [decode steps], filled in as it runs."""
     rollout = trainer.rollout
 
     def untracked_rollout(*args):
@@ -287,24 +318,34 @@ def _instrument(trainer: Trainer, phases: Phases, calls: dict[str, tuple], track
     phases.wrap(trainer, "rollout", "rollout: prefill")
     phases.wrap(trainer.reward, "score", "reward")
     phases.wrap(trainer, "logprobs", "old / ref log-probs")
-    update = trainer.update
-
-    def keep_update(*args):
-        calls["update"] = args
-        with phases.phase("update"):
-            return update(*args)
-
-    trainer.update = keep_update
+    phases.wrap(trainer, "update", "update")
     step = trainer.engine._step
 
     def decode(rows: int, length: int):
-        phases.switch("rollout: decode")  # the rest of the rollout: the decode loop
+        """The decode loop runs every step (sampling, the row checks, the cache); the model runs at
+        its first and last step, and the steps between get a logits tensor of the model's shape and
+        the work interpolated between those two (Work.interpolate: exact for decoding)."""
+        phases.switch("rollout: decode")
         inner = step(rows, length)
+        last = trainer.sampling.max_new_tokens - 2  # the loop's last model call (its final token needs none)
+        measured: dict[int, list] = {}
 
-        def counted(*args, **kwargs):
-            calls["decode"] = (calls.get("decode", (0,))[0] + 1,)
-            return inner(*args, **kwargs)
+        def counted(lm, cache, tokens, *args, **kwargs):
+            k = decoded[0]
+            decoded[0] += 1
+            if 0 < k < last:
+                return torch.zeros(len(tokens), lm.lm_head.weight.shape[0], dtype=torch.float32, device=tokens.device)
+            trace.captured = measured[k] = []
+            try:
+                logits = inner(lm, cache, tokens, *args, **kwargs)
+            finally:
+                trace.captured = None
+            if k == last and last > 0:
+                trace.work["rollout: decode"].interpolate(measured[0], measured[last], last - 1)
+            return logits
 
         return counted
 
+    decoded = [0]
     trainer.engine._step = decode
+    return decoded

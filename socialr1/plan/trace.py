@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
+from torch._guards import active_fake_mode
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -26,6 +27,7 @@ from torch.utils.flop_counter import flop_registry
 aten = torch.ops.aten
 SHADOW_LIMIT = 1 << 22  # elements: larger tensors (weights, activations, the KV cache) never get values
 MATMULS = {"mm", "addmm", "bmm", "baddbmm", "linear", "matmul"}
+SCATTERS = {"copy_", "index_copy_", "index_put_", "index_put", "scatter_", "scatter_add_", "masked_scatter_", "index_add_"}
 
 
 class PlanError(RuntimeError):
@@ -67,8 +69,19 @@ class Work:
         self.ops: Counter[tuple[str, int, int]] = Counter()  # (kind, flops, bytes) -> count
         self.comm_bytes = 0
 
-    def add(self, kind: str, flops: int, nbytes: int) -> None:
-        self.ops[(kind, flops, nbytes)] += 1
+    def add(self, kind: str, flops: int, nbytes: int, count: int = 1) -> None:
+        self.ops[(kind, flops, nbytes)] += count
+
+    def interpolate(self, first: list[tuple[str, int, int]], last: list[tuple[str, int, int]], steps: int) -> None:
+        """Add `steps` evenly spaced steps strictly between two measured ones whose ops match one to
+        one (the same code at other sizes): exact when each op's size is constant or linear in the
+        step, as in decoding, where only attention's reads grow, by one column per row per step."""
+        for (kind, f0, b0), (_, f1, b1) in zip(first, last, strict=True):
+            if (f0, b0) == (f1, b1):
+                self.add(kind, f0, b0, steps)
+                continue
+            for k in range(1, steps + 1):
+                self.add(kind, f0 + (f1 - f0) * k // (steps + 1), b0 + (b1 - b0) * k // (steps + 1))
 
     def total(self, kind: str | None = None) -> tuple[int, int]:
         """(FLOPs, bytes) over the ops of one kind (matmul, attention, other) or all."""
@@ -94,6 +107,7 @@ class Trace(TorchDispatchMode):
         self.work: dict[str, Work] = defaultdict(Work)
         self.phase = "setup"
         self.guesses: Counter[str] = Counter()  # host reads of float values nothing determines (metrics)
+        self.captured: list[tuple[str, int, int]] | None = None  # when a list: every metered op is also appended
 
     @contextmanager
     def in_phase(self, name: str) -> Iterator[None]:
@@ -141,11 +155,9 @@ class Trace(TorchDispatchMode):
         except Exception:  # noqa: BLE001 - a shadow that cannot be computed is only unknown
             return None
 
-    def _propagate(self, func, args, kwargs, out) -> None:
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    def _propagate(self, func, args, kwargs, flat_in: list[torch.Tensor], outs: list[torch.Tensor]) -> None:
         if not outs or any(t.numel() > SHADOW_LIMIT for t in outs):
             return
-        flat_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         if func.namespace == "c10d":  # every rank holds the same worst case: a gather repeats this rank's values
             if func is torch.ops.c10d.allgather_.default and self.value(args[1][0]) is not None:
                 for t in args[0][0]:
@@ -200,6 +212,11 @@ class Trace(TorchDispatchMode):
         if any(issubclass(t, DTensor) for t in types):
             return NotImplemented  # let DTensor desugar into local ops, which come back here
         kwargs = kwargs or {}
+        flat_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        if not active_fake_mode():  # real tensors (the tests' real run): only metered
+            out = func(*args, **kwargs)
+            self._meter(func, args, kwargs, out, flat_in, [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)])
+            return out
         if func in (aten._local_scalar_dense.default, aten.item.default):
             return self._read(args[0])
         if func is aten.nonzero.default:
@@ -214,8 +231,10 @@ class Trace(TorchDispatchMode):
             out = func(*args, **kwargs)
         except (DynamicOutputShapeException, DataDependentOutputException):
             out = self._from_shadows(func, args, kwargs)
-        self._meter(func, args, kwargs, out)
-        self._propagate(func, args, kwargs, out)
+        flat_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        self._meter(func, args, kwargs, out, flat_in, outs)
+        self._propagate(func, args, kwargs, flat_in, outs)
         return out
 
     def _from_shadows(self, func, args, kwargs) -> Any:
@@ -245,16 +264,20 @@ class Trace(TorchDispatchMode):
         with _disable_current_modes():
             return v.item()
 
-    def _meter(self, func, args, kwargs, out) -> None:
+    def _meter(self, func, args, kwargs, out, tensors: list[torch.Tensor], outs: list[torch.Tensor]) -> None:
         ns = func.namespace
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         if ns in ("c10d", "_c10d_functional"):
             self.work[self.phase].comm_bytes += max((_nbytes(t) for t in tensors), default=0)
             return
         if func.is_view or ns == "prim" or func in (aten.detach.default, aten.lift_fresh.default):
             return
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        nbytes = sum(_nbytes(t) for t in tensors + outs)
         name = func.overloadpacket.__name__
+        if name in SCATTERS:  # writes its source into a slice of `self` (e.g. one KV-cache column): not all of it
+            nbytes = 2 * sum(_nbytes(t) for t in tensors[1:])
+        else:
+            nbytes = sum(_nbytes(t) for t in tensors + outs)
         kind = "attention" if "attention" in name else "matmul" if name in MATMULS else "other"
-        self.work[self.phase].add(kind, flops_of(func, args, kwargs, out), nbytes)
+        op = (kind, flops_of(func, args, kwargs, out), nbytes)
+        self.work[self.phase].add(*op)
+        if self.captured is not None:
+            self.captured.append(op)

@@ -19,6 +19,17 @@ from socialr1.warmstart import warm_start
 _MARK = "\x00reasoning\x00"  # stands for the reasoning while the template is split around it
 
 
+def reading_examples(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Pair], template: str
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each pair's input up to its reasoning (the prompt), and of its chosen reasoning,
+    the rest of the input and end of text (the target)."""
+    heads, tails = zip(*(rm_input(p.story, p.question, _MARK, template).split(_MARK, 1) for p in pairs))
+    prompts = tokenizer(list(heads), add_special_tokens=False)["input_ids"]
+    texts = [p.chosen.strip() + tail + tokenizer.eos_token for p, tail in zip(pairs, tails)]
+    return prompts, tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 def learn_to_read(
     lm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -28,11 +39,7 @@ def learn_to_read(
     seed: int,
     show_progress: bool,
 ) -> list[float]:
-    """Teacher-forced cross-entropy on (template before the reasoning) -> chosen reasoning and the
-    rest of the template; returns the loss of each step."""
-    heads, tails = zip(*(rm_input(p.story, p.question, _MARK, template).split(_MARK, 1) for p in pairs))
-    prompts = tokenizer(list(heads), add_special_tokens=False)["input_ids"]
-    texts = [p.chosen.strip() + tail + tokenizer.eos_token for p, tail in zip(pairs, tails)]
-    targets = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    """Teacher-forced cross-entropy on `reading_examples`; returns the loss of each step."""
+    prompts, targets = reading_examples(tokenizer, pairs, template)
     steps = WarmStartConfig(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size)
     return warm_start(lm, prompts, targets, tokenizer.pad_token_id, steps, seed, show_progress)

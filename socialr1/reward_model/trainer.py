@@ -51,7 +51,7 @@ class RMTrainer:
         self.cfg = cfg
         self.world = D.init_world(cfg.device)
         self.log = RunLog(Path(cfg.output_dir), cfg.steps, enabled=self.world.is_main, desc="reward model", shown="loss")
-        self.run = Run(cfg, self.world, self.log, cfg.steps, shown="loss", product="reward model")
+        self.run = Run(cfg, self.world, self.log, cfg.steps, shown="loss", product="reward model", eval_first=False)
         self.dtype = compute_dtype(cfg.model.dtype, self.world.device)
         self.policy = self.opt = self.sched = None
         self.ready = False
@@ -139,7 +139,7 @@ class RMTrainer:
         return rm, tokenizer
 
     def _texts(self, pair: Pair, think: str) -> list[str]:
-        return inputs.reward_inputs(pair.story, pair.question, think, self.cfg.input.unit, self.cfg.sip)
+        return inputs.reward_inputs(pair.story, pair.question, think, self.cfg.input.unit, self.cfg.sip, self.cfg.input.template)
 
     def _encode(self, pairs: list[Pair]) -> list[list[list[int]]]:
         """[2 * pair + (0 chosen, 1 rejected)][input][token]."""

@@ -1,0 +1,51 @@
+"""The reward-model recipe that learns content: the training pairs' kind mix and places, and the
+warm start that teaches the tiny model to write the chosen reasoning from the story first."""
+
+import re
+
+import torch
+
+from socialr1.config import ModelConfig
+from socialr1.models import build_tiny
+from socialr1.reward_model.config import RMWarmStartConfig
+from socialr1.reward_model.pairs import KINDS, generate_pairs, synthetic_splits
+from socialr1.reward_model.reader import learn_to_read, reading_examples
+from socialr1.rewards.content import RM_TEMPLATE, rm_input
+from socialr1.sip import SIPFormat
+from socialr1.synthetic import CONTAINERS
+
+FMT = SIPFormat()
+
+
+def test_training_kinds_come_in_the_given_mix_and_held_out_pairs_in_every_kind():
+    mix = ("wrong_character", "true_location", "wrong_character", "filler")
+    train, held_out = synthetic_splits(200, 80, seed=1, fmt=FMT, containers=4, kinds=mix)
+    counts = {k: sum(p.kind == k for p in train) for k in KINDS}
+    # Reality questions name nobody, so neither content kind applies to them: they take the next kind.
+    assert set(k for k, n in counts.items() if n) == set(mix)
+    assert counts["wrong_character"] > counts["filler"] > 0 and counts["true_location"] > 0
+    assert {p.kind for p in held_out} == set(KINDS)
+    places = set(re.findall(r"\b(?:in|to) the (\w+)", " ".join(p.story for p in train + held_out)))
+    assert places - {"kitchen", "garden", "attic", "hall", "shed", "playroom"} <= set(CONTAINERS[:4])
+    assert generate_pairs(30, seed=1, containers=4, kinds=mix) == train[:30]
+
+
+def test_warm_start_teaches_the_reasoning_after_the_template_and_lowers_its_loss():
+    torch.manual_seed(0)
+    pairs = generate_pairs(24, seed=2, containers=4)
+    template = "Story: {story}\nQ: {question}\nReasoning: {reasoning}\nIs this right?"
+    corpus = [rm_input(p.story, p.question, p.chosen, template) for p in pairs]
+    lm, tok = build_tiny(ModelConfig(tiny=True, tiny_hidden_size=32, tiny_vocab_size=400), corpus, seed=0)
+    prompts, targets = reading_examples(tok, pairs, template)
+    for p, prompt, target in zip(pairs, prompts, targets):
+        assert tok.decode(prompt) == rm_input(p.story, p.question, "", template).removesuffix("\nIs this right?")
+        assert tok.decode(prompt + target) == rm_input(p.story, p.question, p.chosen, template) + tok.eos_token
+    prompts, _ = reading_examples(tok, pairs, RM_TEMPLATE)
+    assert tok.decode(prompts[0]).endswith("[Reasoning]\n")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model runs far faster on one thread of a shared machine
+    try:
+        losses = learn_to_read(lm, tok, pairs, template, RMWarmStartConfig(steps=60, lr=3e-3, batch_size=8), 0, False)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(losses) == 60 and sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
