@@ -9,6 +9,7 @@ SIGTERM or Ctrl-C stops within a few seconds with a resumable checkpoint (a step
 begun is dropped and redone on resume; Ctrl-C twice: at once); `--resume auto` continues from the
 newest complete checkpoint. Both commands, GRPO and reward model, stop and resume alike.
 
+    python train.py socialr1-4b --plan                # memory per GPU and step time, predicted on a CPU
     python train.py reward-model rm-demo              # the SIP content reward model (pairwise), CPU demo
     torchrun --nproc_per_node 8 train.py reward-model rm-qwen3-4b --data.path pairs.jsonl
 """
@@ -21,6 +22,7 @@ from typing import Sequence
 from socialr1.config import ConfigError, parse
 from socialr1.data import DataError
 from socialr1.models import ModelLoadError
+from socialr1.plan import main as plan
 from socialr1.reward_model.config import parse as parse_reward_model
 from socialr1.reward_model.trainer import RMTrainer
 from socialr1.run import RunStopped
@@ -46,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     only rank 0 prints it (every rank meets the same error), the others exit 1 quietly."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] == ["plan"] or "--plan" in argv:
+            return plan(argv)
         if argv[:1] == ["reward-model"]:
             trainer = RMTrainer(parse_reward_model(argv[1:], description=__doc__))
         else:

@@ -15,6 +15,8 @@ Parts, each in its own process (fresh GPU memory, its own time limit):
   train      `train.py`, 3 GRPO steps with FSDP2 on one GPU, Qwen3-1.7B-shaped random model (bf16,
              activation checkpointing, flash-attn when it imports, else SDPA): s/step, phases, peak
              memory; rewards that differ within groups, non-zero gradients, weights that moved
+  plan       `--plan` (socialr1/plan, on the CPU) of the train part's run at world size 1 on this GPU's
+             entry: its peak memory and s/step next to the train part's measured ones (information)
 
 A random model never earns the task's reward, so every advantage would be 0 and nothing would
 train. The train part gives it a reward it can earn: a tokenizer whose ids past the tiny BPE
@@ -42,9 +44,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-Part = Literal["kernels", "rollout", "attention", "gradients", "train"]
-PARTS: tuple[Part, ...] = ("kernels", "rollout", "attention", "gradients", "train")
-LIMIT_S = {"kernels": 110, "rollout": 240, "attention": 45, "gradients": 60, "train": 140}  # 595 s: under 10 minutes
+Part = Literal["kernels", "rollout", "attention", "gradients", "train", "plan"]
+PARTS: tuple[Part, ...] = ("kernels", "rollout", "attention", "gradients", "train", "plan")
+# 595 s of GPU work: under 10 minutes; then the plan, on the CPU.
+LIMIT_S = {"kernels": 110, "rollout": 240, "attention": 45, "gradients": 60, "train": 140, "plan": 180}
 DRY_LIMIT_S = 240
 
 
@@ -390,20 +393,26 @@ def weights_moved(model_dir: Path, final_dir: Path, device: str) -> tuple[int, i
     return changed, sum(p.dim() == 2 for p in init.parameters()), elements / total
 
 
+def train_run(sizes: Sizes, out: Path) -> tuple[Path, Path, list[str]]:
+    """The train part's model folder (config and tokenizer, no weights), run folder and train.py flags."""
+    model_dir = out / "qwen3-1.7b-shape"
+    tok = save_tokenizer(model_dir, sizes.model_1_7b.vocab)
+    qwen3_config(sizes.model_1_7b, tok.pad_token_id, tok.eos_token_id).save_pretrained(model_dir)
+    run_dir = out / "train-run"
+    flags = ["socialr1-4b", "--model.name-or-path", str(model_dir),
+             "--model.random-init", "--model.dtype", "bfloat16", "--model.activation-checkpointing", "--steps", "3",
+             "--seed", str(SEED), "--save-every", "0", "--sample-every", "0", "--overwrite", "--output-dir", str(run_dir),
+             *sizes.train_args]
+    return model_dir, run_dir, flags
+
+
 def part_train(sizes: Sizes, rows: Rows, cuda: bool, out: Path) -> None:
     import torch
 
     from socialr1.models import attn_implementation
 
-    model_dir = out / "qwen3-1.7b-shape"
-    tok = save_tokenizer(model_dir, sizes.model_1_7b.vocab)
-    qwen3_config(sizes.model_1_7b, tok.pad_token_id, tok.eos_token_id).save_pretrained(model_dir)
-    run_dir = out / "train-run"
-    args = [sys.executable, str(ROOT / "train.py"), "socialr1-4b", "--model.name-or-path", str(model_dir),
-            "--model.random-init", "--model.dtype", "bfloat16", "--model.activation-checkpointing", "--steps", "3",
-            "--seed", str(SEED), "--save-every", "0", "--sample-every", "0", "--overwrite", "--output-dir", str(run_dir),
-            *sizes.train_args]
-    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    model_dir, run_dir, flags = train_run(sizes, out)
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         rows.add("train.py", "exit {}: {}".format(done.returncode, (done.stderr.strip().splitlines() or [""])[-1][:300]), False)
         return
@@ -430,6 +439,47 @@ def part_train(sizes: Sizes, rows: Rows, cuda: bool, out: Path) -> None:
              changed == matrices)
 
 
+def plan_gpu(cuda: bool) -> str:
+    """The plan's entry for this GPU: its family by name, then the nearest memory (H200 on a dry run)."""
+    from socialr1.plan.config import GPUS
+
+    if not cuda:
+        return "h200"
+    import torch
+
+    name, memory = torch.cuda.get_device_name().lower(), torch.cuda.get_device_properties(0).total_memory
+    family = [k for k in GPUS if k.split("-")[0] in name] or list(GPUS)
+    return min(family, key=lambda k: abs(GPUS[k].memory - memory))
+
+
+def part_plan(sizes: Sizes, rows: Rows, cuda: bool, out: Path) -> None:
+    """The plan (socialr1/plan, on the CPU) of the train part's run, at world size 1: its peak memory
+    and step time next to what the train part measured. Information, not a verdict: the first GPU
+    run says how far off the plan is. The plan assumes the worst case (every prompt at
+    --data.max-prompt-tokens, every completion at --rollout.max-new-tokens); the run's are shorter."""
+    from socialr1.config import parse
+    from socialr1.plan.config import GPUS, GiB, PlanConfig
+    from socialr1.plan.report import peak, peak_phase, timings
+    from socialr1.plan.run import record
+
+    _, run_dir, flags = train_run(sizes, out)
+    cfg, pc = parse(flags), PlanConfig(gpu=plan_gpu(cuda), world_size=1)
+    start = time.perf_counter()
+    rec = record(cfg, pc)
+    step_s = sum(t.seconds for t in timings(rec, GPUS[pc.gpu], 1))
+    what = (f"1 x {pc.gpu}, prompts {cfg.data.max_prompt_tokens} and completions {cfg.rollout.max_new_tokens} tokens; "
+            f"planned in {time.perf_counter() - start:.0f} s")
+    metrics = run_dir / "metrics.jsonl"
+    steps = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    later = steps[1:] or steps
+    measured_peak = (f"measured {max(s['memory/peak_gib'] for s in steps):.1f} GiB" if steps and cuda
+                     else "measured: needs CUDA" if steps else "measured: no train run")
+    rows.add("plan vs train.py: peak memory", f"plan {peak(rec) / GiB:.3g} GiB ({peak_phase(rec)}); {measured_peak} ({what})", "info")
+    measured_step = (f"measured {statistics.mean(s['time/step_s'] for s in later):.2f} s/step (steps 2-3), completions "
+                     f"{statistics.mean(s['completion/length_mean'] for s in steps):.0f} tokens on average" if steps else "measured: no train run")
+    rows.add("plan vs train.py: step time", f"plan >= {step_s:.3g} s/step (roofline lower bound); {measured_step}", "info")
+
+
 def gpu_name() -> str:
     import torch
 
@@ -443,8 +493,8 @@ def run_part(cfg: Config) -> None:
     cuda = not cfg.dry_run and bool(gpu_name())
     sizes = DRY if cfg.dry_run else GPU
     rows = Rows(cfg.out_dir / f"{cfg.part}.json")
-    if cfg.part == "train":
-        part_train(sizes, rows, cuda, cfg.out_dir)
+    if cfg.part in ("train", "plan"):
+        (part_train if cfg.part == "train" else part_plan)(sizes, rows, cuda, cfg.out_dir)
     else:
         parts = {"kernels": part_kernels, "rollout": part_rollout, "attention": part_attention, "gradients": part_gradients}
         parts[cfg.part](sizes, rows, cuda)

@@ -117,10 +117,11 @@ def test_gpu_check_dry_run_passes_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
-    assert {r["part"] for r in rows} == {"kernels", "rollout", "attention", "gradients", "train"}
+    assert {r["part"] for r in rows} == {"kernels", "rollout", "attention", "gradients", "train", "plan"}
     checks = {r["check"] for r in rows}
     for check in ("gradients: policy (fused kernels, bf16) vs float32 logits", "train.py: rewards differ within groups",
-                  "train.py: loss, KL, grad norm finite; grad norm non-zero", "train.py: weights moved"):
+                  "train.py: loss, KL, grad norm finite; grad norm non-zero", "train.py: weights moved",
+                  "plan vs train.py: peak memory", "plan vs train.py: step time"):
         assert check in checks, check
     assert "all checks passed" in (tmp_path / "gpu_check.md").read_text()
 

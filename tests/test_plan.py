@@ -19,8 +19,8 @@ TINY = ["demo", "--rollout.prompts-per-step", "2", "--rollout.group-size", "4", 
 
 
 @functools.lru_cache(maxsize=None)
-def planned(args: tuple[str, ...], world_size: int = 1, fake: bool = True):
-    return record(parse(list(args)), PlanConfig(world_size=world_size), fake=fake)
+def planned(args: tuple[str, ...], world_size: int = 1, fake: bool = True, completion_tokens: int | None = None):
+    return record(parse(list(args)), PlanConfig(world_size=world_size, completion_tokens=completion_tokens), fake=fake)
 
 
 def test_split_args_separates_plan_flags():
@@ -76,9 +76,11 @@ def test_prefill_flops_match_the_analytic_count():
     assert flops == pytest.approx(expected, rel=0.03)
 
 
-def test_decode_bytes_are_the_weights_and_the_kv_cache_per_token():
-    """Each decode step reads every matmul weight once and the keys and values written so far."""
-    rec = planned(tuple(TINY))
+@pytest.mark.parametrize("completion_tokens", [None, 4])
+def test_decode_bytes_are_the_weights_and_the_kv_cache_per_token(completion_tokens):
+    """Each decode step reads every matmul weight once and the keys and values written so far
+    (completions to --rollout.max-new-tokens, or a typical length that stops early)."""
+    rec = planned(tuple(TINY), completion_tokens=completion_tokens)
     d = _tiny_shapes(tuple(TINY))
     h, layers, heads, kv = d["hidden"], d["layers"], d["heads"], d["kv"]
     head_dim = h // heads
@@ -89,6 +91,23 @@ def test_decode_bytes_are_the_weights_and_the_kv_cache_per_token():
     read = sum(work.total(kind)[1] for kind in ("matmul", "attention"))
     expected = steps * weights + kv_read
     assert expected <= read <= 1.15 * expected  # the rest: the decode rows' activations in and out
+
+
+def test_a_typical_completion_length_shortens_the_rollout_and_the_update():
+    """--plan.completion-tokens 4 of 16: every row samples a stop token as its 4th, the engine's own
+    finished-rows check (every 8 steps) ends decoding after 8 tokens instead of 16, and the training
+    passes are trimmed to 4 completion columns: less decode traffic and FLOPs, smaller log-prob and
+    update activations, and the header says which length it assumed."""
+    worst, typical = planned(tuple(TINY)), planned(tuple(TINY), completion_tokens=4)
+    assert (worst.decode_tokens, typical.decode_tokens) == (15, 7)  # model calls: the last token needs none
+    decode = {name: r.work["rollout: decode"].total() for name, r in [("worst", worst), ("typical", typical)]}
+    assert decode["typical"][0] < 0.6 * decode["worst"][0] and decode["typical"][1] < 0.6 * decode["worst"][1]
+    act = {name: dict((p, c["activations"]) for p, c, _ in rows(r)) for name, r in [("worst", worst), ("typical", typical)]}
+    for phase in ("old / ref log-probs", "update"):
+        assert act["typical"][phase] < act["worst"][phase], phase
+    out = render("demo", parse(TINY), PlanConfig(world_size=1, completion_tokens=4), typical)
+    assert "every completion has 4 tokens (--plan.completion-tokens" in out.splitlines()[1]
+    assert "every completion runs to --rollout.max-new-tokens 16" in render("demo", parse(TINY), PlanConfig(world_size=1), worst)
 
 
 def test_socialr1_4b_at_8_ranks():

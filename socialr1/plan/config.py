@@ -38,6 +38,9 @@ class PlanConfig:
     """Ranks (one GPU each) of the planned run."""
     prompt_tokens: int | None = None
     """Tokens of every prompt (default: --data.max-prompt-tokens, the worst case)."""
+    completion_tokens: int | None = None
+    """Tokens of every completion: each row samples a stop token as its last (default: none stops,
+    every completion runs to --rollout.max-new-tokens, the worst case)."""
     headroom: float = 0.1
     """Fraction of the GPU's memory kept free for what the tracker does not see: CUDA context, NCCL
     buffers, the caching allocator's fragmentation."""
@@ -51,4 +54,6 @@ class PlanConfig:
 
         _require(self.world_size >= 1, "--plan.world-size", self.world_size, "at least 1")
         _require(self.prompt_tokens is None or self.prompt_tokens >= 1, "--plan.prompt-tokens", self.prompt_tokens, "at least 1")
+        _require(self.completion_tokens is None or self.completion_tokens >= 1, "--plan.completion-tokens",
+                 self.completion_tokens, "at least 1")
         _require(0 <= self.headroom < 1, "--plan.headroom", self.headroom, "in [0, 1)")

@@ -28,8 +28,9 @@ from socialr1.config import ConfigError, TrainConfig
 from socialr1.items import MCQItem
 from socialr1.plan.config import PlanConfig
 from socialr1.models import build_tiny
-from socialr1.plan.trace import Trace, Work
+from socialr1.plan.trace import PlanError, Trace, Work, dtensor_propagation_marked, propagating
 from socialr1.prompts import user_message
+from socialr1.rollout.engine import round_up
 from socialr1.trainer import Trainer
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -126,7 +127,12 @@ def fake_world(size: int) -> Iterator[None]:
 
 class PeakOnly:
     """The trackers' peak bookkeeping without their per-module statistics, which the plan does not
-    read and which cost a scan of every module per op."""
+    read and which cost a scan of every module per op; and blind to DTensor's shape propagation."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if propagating():
+            return func(*args, **(kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
 
     def _update_peak_stats(self, peak_state) -> None:
         for dev, snap in self._curr_mem_snap.items():
@@ -247,8 +253,10 @@ def record(cfg: TrainConfig, pc: PlanConfig, fake: bool = True) -> Recorded:
     sampling that never stops a row, so that its shapes are the plan's worst case."""
     arch = architecture(cfg, pc.model_config)
     prompt_tokens = pc.prompt_tokens or cfg.data.max_prompt_tokens
+    completion_tokens = min(pc.completion_tokens or cfg.rollout.max_new_tokens, cfg.rollout.max_new_tokens)
     world = fake_world(pc.world_size) if fake else contextlib.nullcontext()
-    with tempfile.TemporaryDirectory(prefix="socialr1-plan-") as out, world, FakeTensorMode() if fake else contextlib.nullcontext():
+    fake_mode = FakeTensorMode() if fake else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory(prefix="socialr1-plan-") as out, world, fake_mode, dtensor_propagation_marked():
         c = plan_config(cfg, pc, out)
         trace = Trace(fill_token=0)
         phases = Phases(trace)
@@ -266,7 +274,7 @@ def record(cfg: TrainConfig, pc: PlanConfig, fake: bool = True) -> Recorded:
             tracker = StepTracker(policy, trainer.opt)
             tracker._root_mod = nn.ModuleList([m for m in (policy, ref) if m is not None])  # both models' shards
             tracker.track_inputs((trainer.features,))
-            decoded = _instrument(trainer, phases, tracker, trace)
+            decoded = _instrument(trainer, phases, tracker, trace, completion_tokens)
             trace.phase = "reward"  # the step's own bookkeeping between the wrapped phases
             with phases.tracking(tracker):
                 trainer.step(0)
@@ -276,11 +284,24 @@ def record(cfg: TrainConfig, pc: PlanConfig, fake: bool = True) -> Recorded:
             trainer.close()
         assumptions = [
             f"every prompt has {prompt_tokens} tokens" + (" (--data.max-prompt-tokens)" if not pc.prompt_tokens else ""),
-            f"every completion runs to --rollout.max-new-tokens {cfg.rollout.max_new_tokens} (no row stops early)",
+            _completions_assumed(cfg, pc, completion_tokens),
             f"compute dtype {c.model.dtype}, attention through SDPA, the chunked (torch) log-prob kernels",
             "rewards lexical (in-process); a judge or reward-model service is not on this GPU's bill",
         ]
         return Recorded(phases.memory, dict(trace.work), sharded, gathered, decode_tokens, assumptions)
+
+
+def decode_steps(cfg: TrainConfig, completion_tokens: int) -> int:
+    """Tokens the engine samples per row when every row stops after `completion_tokens`: it reads
+    which rows have finished every --rollout.check-every steps, so it decodes on to that check."""
+    return min(cfg.rollout.max_new_tokens, round_up(completion_tokens, cfg.rollout.check_every))
+
+
+def _completions_assumed(cfg: TrainConfig, pc: PlanConfig, completion_tokens: int) -> str:
+    if completion_tokens == cfg.rollout.max_new_tokens:
+        return f"every completion runs to --rollout.max-new-tokens {completion_tokens} (no row stops early)"
+    return (f"every completion has {completion_tokens} tokens (--plan.completion-tokens; its last a stop token), "
+            f"so the rollout decodes {decode_steps(cfg, completion_tokens)} steps (to the next finished-rows check)")
 
 
 @contextlib.contextmanager
@@ -306,20 +327,31 @@ def _as_after_a_step(opt: torch.optim.Optimizer) -> None:
     opt.step()
 
 
-def _instrument(trainer: Trainer, phases: Phases, tracker: MemTracker, trace: Trace) -> list[int]:
-    """Mark the step's phases on this trainer object. Returns [decode steps], filled in as it runs."""
-    rollout = trainer.rollout
+def _instrument(trainer: Trainer, phases: Phases, tracker: MemTracker, trace: Trace, completion_tokens: int) -> list[int]:
+    """Mark the step's phases on this trainer object, and have every row sample a stop token as its
+    `completion_tokens`-th token, so that the engine's own stop path ends the rows. Returns [decode
+    steps], filled in as it runs."""
+    rollout, step = trainer.rollout, trainer.engine._step
+    steps = decode_steps(trainer.cfg, completion_tokens)
+    if completion_tokens < trainer.sampling.max_new_tokens and not trainer.sampling.stop_ids:
+        raise ConfigError(f"--plan.completion-tokens {completion_tokens}: the tokenizer has no stop token to end a row with")
 
     def untracked_rollout(*args):
-        with _without_module_tracking(tracker):
-            return rollout(*args)
+        ordinary = trace.fill_token
+        try:
+            with _without_module_tracking(tracker):
+                out = rollout(*args)
+        finally:
+            trace.fill_token = ordinary
+        if decoded[0] != steps - 1:
+            raise PlanError(f"the rollout made {decoded[0]} decode steps; the plan expected {steps - 1}")
+        return out
 
     trainer.rollout = untracked_rollout
     phases.wrap(trainer, "rollout", "rollout: prefill")
     phases.wrap(trainer.reward, "score", "reward")
     phases.wrap(trainer, "logprobs", "old / ref log-probs")
     phases.wrap(trainer, "update", "update")
-    step = trainer.engine._step
 
     def decode(rows: int, length: int):
         """The decode loop runs every step (sampling, the row checks, the cache); the model runs at
@@ -327,12 +359,16 @@ def _instrument(trainer: Trainer, phases: Phases, tracker: MemTracker, trace: Tr
         the work interpolated between those two (Work.interpolate: exact for decoding)."""
         phases.switch("rollout: decode")
         inner = step(rows, length)
-        last = trainer.sampling.max_new_tokens - 2  # the loop's last model call (its final token needs none)
+        last = steps - 2  # the loop's last model call (its final token needs none)
         measured: dict[int, list] = {}
+        ordinary = trace.fill_token
+        stop_at = completion_tokens - 1 if completion_tokens < trainer.sampling.max_new_tokens else None
 
-        def counted(lm, cache, tokens, *args, **kwargs):
-            k = decoded[0]
-            decoded[0] += 1
+        def sampled(t: int) -> int:
+            """Token t of every row (its stand-in: what choose() draws from fake logits)."""
+            return trainer.sampling.stop_ids[0] if t == stop_at else ordinary
+
+        def model(k: int, lm, cache, tokens, *args, **kwargs) -> torch.Tensor:
             if 0 < k < last:
                 return torch.zeros(len(tokens), lm.lm_head.weight.shape[0], dtype=torch.float32, device=tokens.device)
             trace.captured = measured[k] = []
@@ -344,6 +380,15 @@ def _instrument(trainer: Trainer, phases: Phases, tracker: MemTracker, trace: Tr
                 trace.work["rollout: decode"].interpolate(measured[0], measured[last], last - 1)
             return logits
 
+        def counted(lm, cache, tokens, *args, **kwargs):
+            k = decoded[0]
+            decoded[0] += 1
+            trace.fill_token = ordinary
+            logits = model(k, lm, cache, tokens, *args, **kwargs)
+            trace.fill_token = sampled(k + 1)  # drawn from these logits
+            return logits
+
+        trace.fill_token = sampled(0)  # drawn from the prefill's logits
         return counted
 
     decoded = [0]

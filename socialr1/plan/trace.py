@@ -30,6 +30,37 @@ MATMULS = {"mm", "addmm", "bmm", "baddbmm", "linear", "matmul"}
 SCATTERS = {"copy_", "index_copy_", "index_put_", "index_put", "scatter_", "scatter_add_", "masked_scatter_", "index_add_"}
 
 
+class _Propagation:
+    """DTensor works out an op's output shapes by running it on placeholders of the global shapes
+    under the active fake mode, which here is the plan's own: those ops are bookkeeping, not memory or
+    work on the GPU. This stands in for DTensor's (replaceable) sharding-propagation lock and says
+    when they run."""
+
+    active = False
+
+    def __enter__(self) -> None:
+        _Propagation.active = True
+
+    def __exit__(self, *exc) -> None:
+        _Propagation.active = False
+
+
+@contextmanager
+def dtensor_propagation_marked() -> Iterator[None]:
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+
+    before = ShardingPropagator._fake_mode_lock
+    ShardingPropagator._fake_mode_lock = _Propagation()
+    try:
+        yield
+    finally:
+        ShardingPropagator._fake_mode_lock = before
+
+
+def propagating() -> bool:
+    return _Propagation.active
+
+
 class PlanError(RuntimeError):
     """The plan met a host read it has no worst case for."""
 
@@ -212,6 +243,8 @@ class Trace(TorchDispatchMode):
         if any(issubclass(t, DTensor) for t in types):
             return NotImplemented  # let DTensor desugar into local ops, which come back here
         kwargs = kwargs or {}
+        if propagating():
+            return func(*args, **kwargs)
         flat_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         if not active_fake_mode():  # real tensors (the tests' real run): only metered
             out = func(*args, **kwargs)

@@ -118,8 +118,6 @@ class RMTrainer:
     def _load_model(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         m = self.cfg.model
         w = self.cfg.warmstart
-        if w.steps and not m.tiny:
-            raise ConfigError("--warmstart.steps is for a tiny model (--model.tiny); a pretrained one reads stories already")
         if m.tiny:
             corpus = [s for p in self.pairs for t in (p.chosen, p.rejected) for s in self._texts(p, t)]
             lm, tokenizer = build_tiny(m, corpus, self.cfg.seed)

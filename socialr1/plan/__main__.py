@@ -1,0 +1,3 @@
+from socialr1.plan import main
+
+main()
