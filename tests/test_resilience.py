@@ -215,17 +215,24 @@ def test_export_config_states_the_saved_dtype(tmp_path, tokenizer, lm, world):
     assert {w.dtype for w in weights(tmp_path / "final").values()} == {torch.bfloat16}
 
 
-def test_saved_config_names_the_class_trained_from_a_loaded_model(tmp_path, data_file, tokenizer, lm, world):
+def test_saved_config_names_the_class_trained_from_a_loaded_model(tmp_path, data_file, tokenizer, lm, world, capsys):
     """vLLM and other servers pick the model class from config.json's `architectures`: a policy
-    saves its causal LM class, a reward model started from a causal LM saves the classifier's."""
+    saves its causal LM class, a reward model started from a causal LM saves the classifier's.
+    Trained on ToMBench rows (when ../shared/data has them), the run warns at start-up that its
+    items are benchmark items."""
     import train as train_py
 
     model = tmp_path / "model"
     lm.save_pretrained(model)
     tokenizer.save_pretrained(model)
+    tombench = ROOT.parent / "shared" / "data" / "tombench" / "False Belief Task.jsonl"
+    if tombench.is_file():
+        data_file.write_text("".join(tombench.read_text().splitlines(keepends=True)[:4]))
     small = ["--model.name-or-path", str(model), "--steps", "1", "--device", "cpu", "--save-every", "0"]
     train_py.main(["socialr1-4b", *small, "--data.path", str(data_file), "--rollout.prompts-per-step", "2",
                    "--rollout.max-new-tokens", "4", "--output-dir", str(tmp_path / "grpo")])
+    warned = "warning: training items are evaluation benchmark items (4 of 4 in tombench)" in capsys.readouterr().out
+    assert warned == tombench.is_file()
     train_py.main(["reward-model", "rm-qwen3-4b", *small, "--data.synthetic", "16", "--pairs-per-step", "4",
                    "--output-dir", str(tmp_path / "rm")])
     for run, name in (("grpo", "Qwen3ForCausalLM"), ("rm", "Qwen3ForSequenceClassification")):

@@ -284,7 +284,7 @@ def record(cfg: TrainConfig, pc: PlanConfig, fake: bool = True) -> Recorded:
             trainer.close()
         assumptions = [
             f"every prompt has {prompt_tokens} tokens" + (" (--data.max-prompt-tokens)" if not pc.prompt_tokens else ""),
-            _completions_assumed(cfg, pc, completion_tokens),
+            _completions_assumed(cfg, completion_tokens),
             f"compute dtype {c.model.dtype}, attention through SDPA, the chunked (torch) log-prob kernels",
             "rewards lexical (in-process); a judge or reward-model service is not on this GPU's bill",
         ]
@@ -297,7 +297,7 @@ def decode_steps(cfg: TrainConfig, completion_tokens: int) -> int:
     return min(cfg.rollout.max_new_tokens, round_up(completion_tokens, cfg.rollout.check_every))
 
 
-def _completions_assumed(cfg: TrainConfig, pc: PlanConfig, completion_tokens: int) -> str:
+def _completions_assumed(cfg: TrainConfig, completion_tokens: int) -> str:
     if completion_tokens == cfg.rollout.max_new_tokens:
         return f"every completion runs to --rollout.max-new-tokens {completion_tokens} (no row stops early)"
     return (f"every completion has {completion_tokens} tokens (--plan.completion-tokens; its last a stop token), "
@@ -344,7 +344,7 @@ def _instrument(trainer: Trainer, phases: Phases, tracker: MemTracker, trace: Tr
         finally:
             trace.fill_token = ordinary
         if decoded[0] != steps - 1:
-            raise PlanError(f"the rollout made {decoded[0]} decode steps; the plan expected {steps - 1}")
+            raise PlanError(f"the rollout called the model {decoded[0]} times to decode; the plan expected {steps - 1}")
         return out
 
     trainer.rollout = untracked_rollout
