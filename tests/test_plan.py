@@ -6,6 +6,7 @@ import dataclasses
 import functools
 
 import pytest
+import torch.distributed as dist
 
 from socialr1.config import parse
 from socialr1.plan import split_args
@@ -21,6 +22,18 @@ TINY = ["demo", "--rollout.prompts-per-step", "2", "--rollout.group-size", "4", 
 @functools.lru_cache(maxsize=None)
 def planned(args: tuple[str, ...], world_size: int = 1, fake: bool = True, completion_tokens: int | None = None):
     return record(parse(list(args)), PlanConfig(world_size=world_size, completion_tokens=completion_tokens), fake=fake)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def own_process_group():
+    """The plan makes its own default group (a fake world, or a world of one): the one-rank gloo
+    group that earlier tests left (conftest's `world`) is set aside meanwhile, then made again."""
+    had = dist.is_initialized()
+    if had:
+        dist.destroy_process_group()
+    yield
+    if had and not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
 def test_split_args_separates_plan_flags():
