@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not finished and trainer.world.is_main:
         print(f"to resume: {resume_command(sys.argv[0], argv, trainer.world.size)}", flush=True)
         if trainer.world.size > 1:
-            print(f"note: the stop wrote its checkpoint in {trainer.run.save_seconds:.0f} s; torchrun kills workers "
+            took = trainer.run.stop_save_seconds
+            wrote = "" if took is None else f"the stop wrote its checkpoint in {took:.0f} s; "
+            print(f"note: {wrote}torchrun kills workers "
                   "that take longer than its --shutdown-timeout (default 30 s), and exits 1 itself after "
                   "forwarding a signal even when every rank stopped cleanly (exit 0)", flush=True)
 

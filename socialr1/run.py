@@ -94,7 +94,7 @@ class Run:
         self.last_eval: dict[str, float] = {}
         self.replace_earlier_run = False
         self.signals: list[int] = []  # received here; the ranks agree on them at gates and after each step
-        self.save_seconds = 0.0
+        self.stop_save_seconds: float | None = None  # the stop's own checkpoint write, when it wrote one
 
     # ---- before anything is loaded -------------------------------------------------------------
     def prepare(self, shape_flags: tuple[str, ...]) -> dict | None:
@@ -154,7 +154,6 @@ class Run:
 
     def save(self, trainer: Steps, name: str, step: int, resumable: bool, rng: dict | None = None) -> None:
         """Collective. `rng`: the random state to store instead of the current one (a dropped step's)."""
-        t0 = time.perf_counter()
         state = trainer.state()
         meta = {"step": step, "config": dataclasses.asdict(self.cfg), "skipped_total": self.skipped_total,
                 "skipped_in_a_row": self.skipped_in_a_row, **state.meta}
@@ -166,7 +165,6 @@ class Run:
             self.last_checkpoint = self.out / name
             if self.world.is_main and self.cfg.keep_last:
                 prune_checkpoints(self.out, self.cfg.keep_last)
-        self.save_seconds = time.perf_counter() - t0
 
     # ---- the loop ------------------------------------------------------------------------------
     def train(self, trainer: Steps) -> bool:
@@ -221,8 +219,10 @@ class Run:
         path = self.out / f"checkpoint-{done}"
         written = "already there"
         if self.last_checkpoint != path:
+            t0 = time.perf_counter()
             self.save(trainer, path.name, done, resumable=True, rng=rng)
-            written = f"written in {self.save_seconds:.1f} s"
+            self.stop_save_seconds = time.perf_counter() - t0
+            written = f"written in {self.stop_save_seconds:.1f} s"
         how = f": dropped step {done} (its weights had not changed);" if dropped else f" after step {done}:"
         self.log.print(f"stopped by signal{how} checkpoint in {path} ({written})")
 

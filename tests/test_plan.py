@@ -4,6 +4,7 @@ count of a Qwen3 decoder; a Qwen3-4B plan at 8 ranks has every phase and sane si
 
 import dataclasses
 import functools
+import json
 
 import pytest
 import torch.distributed as dist
@@ -13,6 +14,7 @@ from socialr1.plan import split_args
 from socialr1.plan.config import GPUS, PlanConfig
 from socialr1.plan.report import changed_flags, fit_search, fits, render, rows, timings
 from socialr1.plan.run import PHASES, TOTAL, architecture, record
+from tests.test_distributed import torchrun
 
 # A tiny GRPO step: 2 prompts x G 4, 16 new tokens, micro-batches of 4 (one group each).
 TINY = ["demo", "--rollout.prompts-per-step", "2", "--rollout.group-size", "4", "--rollout.max-new-tokens", "16",
@@ -54,6 +56,20 @@ def test_plan_memory_equals_the_real_run(checkpointing):
     for phase in PHASES:
         for category, measured in real.memory[phase].items():
             assert fake.memory[phase].get(category, 0) == pytest.approx(measured, rel=0.01, abs=64 * 1024), (phase, category)
+
+
+def test_plan_memory_equals_a_two_rank_gloo_run(tmp_path):
+    """FSDP2 on 2 real gloo ranks (each rank's shards, its share of the prompts, the all-gathers'
+    and reduce-scatters' buffers) against the plan's fake world of 2: rank 0's every phase and
+    category agree, within the tolerance of the one-rank test."""
+    out = tmp_path / "real.json"
+    torchrun(2, "tests/plan_real_step.py", [str(out), *TINY], tmp_path)
+    real, fake = json.loads(out.read_text()), planned(tuple(TINY), world_size=2)
+    assert set(fake.memory) == set(real) == set(PHASES)
+    for phase in PHASES:
+        for category, measured in real[phase].items():
+            assert fake.memory[phase].get(category, 0) == pytest.approx(measured, rel=0.01, abs=64 * 1024), (phase, category)
+    assert real["update"][TOTAL] < planned(tuple(TINY)).memory["update"][TOTAL]  # the shards halve
 
 
 def test_activation_checkpointing_and_micro_batch_move_the_plan():

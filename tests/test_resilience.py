@@ -129,6 +129,7 @@ def test_sigterm_on_one_of_two_ranks_stops_both_with_a_checkpoint(kind, tmp_path
     stopped = torchrun(2, "tests/hooked_train.py", [hooks, *TWO_RANKS[kind], "--output-dir", str(out)], tmp_path)
     assert "to resume: torchrun --nproc_per_node 2" in stopped.stdout and "--resume auto" in stopped.stdout
     assert "stopped by signal: dropped step 1" in stopped.stdout
+    assert "note: the stop wrote its checkpoint in" in stopped.stdout
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "metrics.jsonl", "tb"]
     assert [r["step"] for r in rows(out)] == [0]
 
