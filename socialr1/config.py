@@ -36,6 +36,10 @@ class ModelConfig:
     """Attention heads of the tiny model (key/value heads: half of them)."""
     tiny_vocab_size: int = 2048
     """Upper bound on the tiny tokenizer's vocabulary (BPE stops early on a small corpus)."""
+    tiny_embed_std: float | None = None
+    """Standard deviation of the tiny model's (tied) embeddings at initialisation; none: the
+    model's own, 0.02 like every layer. At 0.1 the names' vectors stay apart while a warm start
+    learns where a name goes, so copying them from the story starts sooner (README: rm-demo-content)."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """Compute dtype: auto is bfloat16 on CUDA (FSDP mixed precision over float32 master weights)
     and float32 on CPU."""
@@ -53,6 +57,8 @@ class ModelConfig:
             _require(getattr(self, name) >= 1, f"--model.{name.replace('_', '-')}", getattr(self, name), "at least 1")
         _require(self.tiny_hidden_size % self.tiny_heads == 0, "--model.tiny-hidden-size", self.tiny_hidden_size,
                  f"a multiple of --model.tiny-heads {self.tiny_heads}")
+        _require(self.tiny_embed_std is None or self.tiny_embed_std > 0, "--model.tiny-embed-std", self.tiny_embed_std,
+                 "above 0")
 
 
 def shape_flags(model: ModelConfig) -> tuple[str, ...]:

@@ -98,7 +98,7 @@ def build_tiny(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = tiny.build_tokenizer(corpus, cfg.tiny_vocab_size)
     lm = tiny.build_model(
-        tokenizer, cfg.tiny_hidden_size, cfg.tiny_layers, cfg.tiny_heads, seed=seed
+        tokenizer, cfg.tiny_hidden_size, cfg.tiny_layers, cfg.tiny_heads, seed=seed, embed_std=cfg.tiny_embed_std
     )
     return lm, tokenizer
 

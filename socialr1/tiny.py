@@ -52,8 +52,10 @@ def build_model(
     num_heads: int = 4,
     max_positions: int = 1024,
     seed: int = 0,
+    embed_std: float | None = None,
 ) -> Qwen3ForCausalLM:
-    """A randomly initialised Qwen3 (tied embeddings, grouped-query attention, qk-norm)."""
+    """A randomly initialised Qwen3 (tied embeddings, grouped-query attention, qk-norm); with
+    `embed_std`, its embeddings drawn at that standard deviation instead of 0.02."""
     config = Qwen3Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -69,4 +71,10 @@ def build_model(
         bos_token_id=None,
     )
     torch.manual_seed(seed)
-    return Qwen3ForCausalLM(config)
+    lm = Qwen3ForCausalLM(config)
+    if embed_std is not None:
+        # A generator of its own, so every other weight is the one the seed gives without it.
+        draw = torch.randn(lm.model.embed_tokens.weight.shape, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            lm.model.embed_tokens.weight.copy_(draw * embed_std)
+    return lm

@@ -2,6 +2,7 @@
 warm start that teaches the tiny model to write the chosen reasoning from the story first."""
 
 import re
+from dataclasses import replace
 
 import torch
 
@@ -49,3 +50,15 @@ def test_warm_start_teaches_the_reasoning_after_the_template_and_lowers_its_loss
     finally:
         torch.set_num_threads(threads)
     assert len(losses) == 60 and sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+
+
+def test_tiny_embed_std_draws_the_embeddings_at_that_scale_and_leaves_every_other_weight():
+    corpus = [rm_input(p.story, p.question, p.chosen) for p in generate_pairs(8, seed=3, containers=4)]
+    model = ModelConfig(tiny=True, tiny_hidden_size=64, tiny_vocab_size=400)
+    plain, _ = build_tiny(model, corpus, seed=5)
+    wide, _ = build_tiny(replace(model, tiny_embed_std=0.1), corpus, seed=5)
+    assert abs(plain.model.embed_tokens.weight.std().item() - 0.02) < 0.002
+    assert abs(wide.model.embed_tokens.weight.std().item() - 0.1) < 0.01
+    assert wide.get_output_embeddings().weight is wide.get_input_embeddings().weight  # still tied
+    others = {n: w for n, w in plain.state_dict().items() if "embed_tokens" not in n and "lm_head" not in n}
+    assert others and all(torch.equal(w, wide.state_dict()[n]) for n, w in others.items())
