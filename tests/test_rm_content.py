@@ -60,5 +60,6 @@ def test_tiny_embed_std_draws_the_embeddings_at_that_scale_and_leaves_every_othe
     assert abs(plain.model.embed_tokens.weight.std().item() - 0.02) < 0.002
     assert abs(wide.model.embed_tokens.weight.std().item() - 0.1) < 0.01
     assert wide.get_output_embeddings().weight is wide.get_input_embeddings().weight  # still tied
-    others = {n: w for n, w in plain.state_dict().items() if "embed_tokens" not in n and "lm_head" not in n}
-    assert others and all(torch.equal(w, wide.state_dict()[n]) for n, w in others.items())
+    others, drawn = plain.state_dict(), wide.state_dict()
+    others = {n: w for n, w in others.items() if "embed_tokens" not in n and "lm_head" not in n}
+    assert others and all(torch.equal(w, drawn[n]) for n, w in others.items())
