@@ -182,13 +182,15 @@ def test_resume_continues_bitwise(tmp_path, world, one_thread):
     assert wa and wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_one_step_same_on_one_and_two_ranks(tmp_path, world, one_thread):
+@pytest.mark.parametrize("loss", [[], ["--loss.dense"]], ids=["last-token", "dense"])
+def test_one_step_same_on_one_and_two_ranks(tmp_path, world, one_thread, loss):
     """Two optimizer steps (the first moves only the zero-initialised head, the second the whole
     model) on 1 rank (in-process) and on 2 gloo ranks (torchrun), micro-batched by a budget that
-    splits each rank's pairs."""
+    splits each rank's pairs; with the pairwise loss at the last token, and over the texts' shared
+    ending (--loss.dense, which reads every token's score through the sharded head)."""
     from tests.rm_dist_step import first_steps
 
-    args = [*TINY, "--steps", "2", "--optim.lr", "1e-3"]
+    args = [*TINY, "--steps", "2", "--optim.lr", "1e-3", *loss]
     trainer = RMTrainer(parse([*args, "--output-dir", str(tmp_path / "run1")]))
     one = first_steps(trainer)
     torchrun(2, "tests/rm_dist_step.py", [str(tmp_path / "r2.pt"), *args, "--output-dir", str(tmp_path / "run2")], tmp_path)

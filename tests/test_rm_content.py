@@ -4,10 +4,12 @@ warm start that teaches the tiny model to write the chosen reasoning from the st
 import re
 from dataclasses import replace
 
+import pytest
 import torch
 
 from socialr1.config import ModelConfig
 from socialr1.models import build_tiny
+from socialr1.reward_model import inputs
 from socialr1.reward_model.config import RMWarmStartConfig
 from socialr1.reward_model.pairs import KINDS, generate_pairs, synthetic_splits
 from socialr1.reward_model.reader import learn_to_read, reading_examples
@@ -63,3 +65,43 @@ def test_tiny_embed_std_draws_the_embeddings_at_that_scale_and_leaves_every_othe
     others, drawn = plain.state_dict(), wide.state_dict()
     others = {n: w for n, w in others.items() if "embed_tokens" not in n and "lm_head" not in n}
     assert others and all(torch.equal(w, drawn[n]) for n, w in others.items())
+
+
+def test_dense_loss_is_the_pairwise_loss_averaged_over_each_pairs_aligned_ending(tmp_path, world):
+    """--loss.dense, against its definition evaluated one unpadded text at a time: tokens compared
+    from the end through the two texts' common ending and the first token where they differ."""
+    import torch.nn.functional as F
+
+    from socialr1.config import ConfigError
+    from socialr1.reward_model.config import parse
+    from socialr1.reward_model.trainer import RMTrainer, compared_tokens
+    from tests.test_reward_model import TINY
+
+    assert compared_tokens([1, 2, 3, 9, 5, 6], [1, 2, 4, 5, 6]) == 3
+    assert compared_tokens([7, 1, 2], [8, 1, 2]) == 3 and compared_tokens([1, 2], [1, 3]) == 1
+    assert compared_tokens([1, 2, 3], [2, 3]) == 2  # one the other's ending: the shorter, whole
+    with pytest.raises(ConfigError, match=r"^--loss.dense True: must be off unless --input.unit think"):
+        parse([*TINY, "--loss.dense", "--input.unit", "stage"])
+
+    trainer = RMTrainer(parse([*TINY, "--loss.dense", "--output-dir", str(tmp_path / "run")]))
+    trainer.setup()
+    head = trainer.policy
+    with torch.no_grad():
+        head.lm.score.weight.normal_(generator=torch.Generator().manual_seed(0))  # a zero head scores 0 everywhere
+    margin, center = trainer.cfg.loss.margin, trainer.cfg.loss.center
+    pairs = list(range(8))
+    scores, losses = trainer.pair_scores(pairs)  # one right-padded batch
+    for p, (got_scores, got_loss) in zip(pairs, zip(scores, losses)):
+        chosen, rejected = trainer.train_ids[2 * p][0], trainer.train_ids[2 * p + 1][0]
+        one = [head(torch.tensor([t]), torch.ones(1, len(t), dtype=torch.long), every_token=True)[0] for t in (chosen, rejected)]
+        terms = []
+        for back in range(1, min(len(chosen), len(rejected)) + 1):
+            terms.append(-F.logsigmoid(one[0][-back] - one[1][-back] - margin))
+            if chosen[-back] != rejected[-back]:
+                break
+        last = torch.stack([one[0][-1], one[1][-1]])
+        torch.testing.assert_close(got_scores, last.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(got_loss, (torch.stack(terms).mean() + center * last.square().mean()).detach(), atol=1e-5, rtol=0)
+    ids, mask = inputs.pad_right([trainer.train_ids[i][0] for i in range(16)], trainer.pad_id)
+    torch.testing.assert_close(head(ids, mask), head.lm(input_ids=ids, attention_mask=mask).logits[:, 0], atol=1e-5, rtol=0)
+    trainer.close()

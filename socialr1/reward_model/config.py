@@ -69,6 +69,12 @@ class LossConfig:
     center: float = 0.0
     """Coefficient of the penalty mean(r^2) over chosen and rejected scores, which keeps scores
     centred on 0 (e.g. 0.01; 0: off)."""
+    dense: bool = False
+    """Also compare the two texts' scores at every token of their shared ending (aligned from the
+    end) down to the first token where they differ, and average those losses; the checkpoint still
+    scores at the last token. A one-word mistake early in a long reasoning then shows in many
+    trained scores, not only in the last one (README, rm-demo-content: it helped on some seeds,
+    not on all). Needs --input.unit think."""
 
 
 @dataclass
@@ -97,6 +103,8 @@ class RMConfig(RunSettings):
         super().__post_init__()
         for name in ("pairs_per_step", "token_budget", "steps"):
             _require(getattr(self, name) >= 1, f"--{name.replace('_', '-')}", getattr(self, name), "at least 1")
+        _require(not self.loss.dense or self.input.unit == "think", "--loss.dense", self.loss.dense,
+                 "off unless --input.unit think (one input per text, so the two texts' tokens align from the end)")
         _require(not self.warmstart.steps or self.model.tiny, "--warmstart.steps", self.warmstart.steps,
                  "0 unless --model.tiny (a pretrained model reads stories already)")
 
@@ -130,8 +138,8 @@ def _demo_content() -> RMConfig:
     is trained mostly on the two content kinds. Why these numbers: the warm start copies names and
     places from the story only after a plateau near loss 0.3, which 32 pairs a step ends sooner than
     8 (near step 1,100 for seed 0; at 8, past step 2,000 or not by 3,000); --model.tiny-embed-std
-    0.1 ends it within 600 steps for seeds 0 to 2, but none of those then learns wrong_character
-    (see the README). With 2 layers the causal LM ranks wrong_character pairs right by likelihood,
+    0.1 ends it within 600 steps for seeds 0 to 2, but none of those then learns wrong_character,
+    and with --loss.dense as well only seed 2 does (see the README). With 2 layers the causal LM ranks wrong_character pairs right by likelihood,
     yet the score read at the last token cannot see it: a third layer carries the comparison of the
     name written with the one expected to the end. Seed 0 reaches 0.85 on both content kinds; seeds
     1 and 2 do not yet."""

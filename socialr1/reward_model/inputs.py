@@ -110,16 +110,21 @@ def budget_groups(rows: Sequence[int], lengths: Sequence[int], budget: int) -> l
 
 
 class RewardHead(nn.Module):
-    """A Hugging Face sequence-classification model with one label, as a module returning [R]
-    float32 scores. Under FSDP2 it is the root shard group (its forward all-gathers the head)."""
+    """A Hugging Face sequence-classification model with one label, as a module returning float32
+    scores read at each row's last real token, as the model's own forward reads them (right
+    padding). Under FSDP2 it is the root shard group (its forward all-gathers the head)."""
 
     def __init__(self, lm: PreTrainedModel):
         super().__init__()
         self.lm = lm
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # A copy, not a view of the logits: FSDP2's backward hook must see the returned tensor.
-        return self.lm(input_ids=ids, attention_mask=mask).logits[:, 0].float().clone()
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, every_token: bool = False) -> torch.Tensor:
+        """[R] scores, or [R, L] the head's score at every token (training with --loss.dense)."""
+        hidden = getattr(self.lm, self.lm.base_model_prefix)(input_ids=ids, attention_mask=mask).last_hidden_state
+        scores = self.lm.score(hidden)[..., 0].float()  # [R, L], a view of the head's output
+        if every_token:
+            return scores.clone()  # FSDP2's backward hook must see a tensor of its own, not a view
+        return scores[torch.arange(len(ids), device=ids.device), mask.sum(1) - 1]
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from socialr1.models import build_tiny, checkpoint_activations, compute_dtype, l
 from socialr1.optim import build_optimizer, clip_grad_norm, guarded_step
 from socialr1.preflight import check_model_dir, check_writable
 from socialr1.reward_model import inputs
-from socialr1.reward_model.config import RMConfig
+from socialr1.reward_model.config import LossConfig, RMConfig
 from socialr1.reward_model.pairs import EVAL_SEED_OFFSET, Pair, generate_pairs, load_pairs, synthetic_splits
 from socialr1.reward_model.reader import learn_to_read
 from socialr1.rewards.content import rm_template
@@ -168,14 +168,19 @@ class RMTrainer:
             groups[big : big + 1] = [groups[big][: len(groups[big]) // 2], groups[big][len(groups[big]) // 2 :]]
         return [[index[k] for k in g] for g in groups]
 
-    def pair_scores(self, pairs: list[int]) -> torch.Tensor:
-        """[n, 2] chosen and rejected scores of training pairs, in one forward."""
+    def pair_scores(self, pairs: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[n, 2] chosen and rejected scores of training pairs and [n] their losses, in one forward."""
         texts = [self.train_ids[2 * i + k] for i in pairs for k in (0, 1)]
-        owner = torch.tensor([t for t, group in enumerate(texts) for _ in group], device=self.world.device)
+        device = self.world.device
         ids, mask = inputs.pad_right([row for group in texts for row in group], self.pad_id)
-        flat = self.policy(ids.to(self.world.device), mask.to(self.world.device))  # [R]
+        if self.cfg.loss.dense:  # one input per text (--input.unit think)
+            every = self.policy(ids.to(device), mask.to(device), every_token=True)  # [2n, L]
+            return dense_losses(every, [group[0] for group in texts], self.cfg.loss)
+        owner = torch.tensor([t for t, group in enumerate(texts) for _ in group], device=device)
+        flat = self.policy(ids.to(device), mask.to(device))  # [R]
         counts = torch.tensor([len(g) for g in texts], device=flat.device)
-        return (torch.zeros(len(texts), device=flat.device).index_add(0, owner, flat) / counts).view(-1, 2)
+        scores = (torch.zeros(len(texts), device=flat.device).index_add(0, owner, flat) / counts).view(-1, 2)
+        return scores, self.loss(scores)
 
     def loss(self, scores: torch.Tensor) -> torch.Tensor:
         """[n] per-pair loss from [n, 2] scores."""
@@ -193,8 +198,7 @@ class RMTrainer:
         done, local_loss = [], torch.zeros((), device=self.world.device)
         for group in self.micro_batches(index):
             self.run.gate()
-            scores = self.pair_scores(group)
-            losses = self.loss(scores)
+            scores, losses = self.pair_scores(group)
             # Local mean over this rank's pairs; FSDP averages the ranks' gradients.
             loss = losses.sum() / len(index)
             loss.backward()
@@ -248,6 +252,32 @@ class RMTrainer:
         self.policy = self.opt = self.sched = None  # freed before the process group goes (see Trainer.close)
         gc.collect()
         D.close_world(self.world)
+
+
+def compared_tokens(chosen: list[int], rejected: list[int]) -> int:
+    """How many tokens, counted from the end, --loss.dense compares two inputs at: their common
+    ending and the first token before it where they differ (at most the shorter input)."""
+    common = 0
+    while common < min(len(chosen), len(rejected)) and chosen[-1 - common] == rejected[-1 - common]:
+        common += 1
+    return min(common + 1, len(chosen), len(rejected))
+
+
+def dense_losses(every: torch.Tensor, rows: list[list[int]], c: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, 2] last-token scores and [n] losses under --loss.dense: each pair's Bradley-Terry loss
+    averaged over the tokens where `compared_tokens` aligns its two inputs. every: [2n, L]
+    per-token scores of the right-padded `rows` (token ids; chosen, rejected alternating)."""
+    n, device = len(rows) // 2, every.device
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    scores = every[torch.arange(2 * n, device=device), lengths - 1].view(n, 2)
+    depth = torch.tensor([compared_tokens(rows[2 * p], rows[2 * p + 1]) for p in range(n)], device=device)
+    owner = torch.repeat_interleave(torch.arange(n, device=device), depth)  # [K]: the pair of each compared token
+    back = torch.cat([torch.arange(d, device=device) for d in depth.tolist()])  # [K]: its place from the end
+    chosen = every[2 * owner, lengths[2 * owner] - 1 - back]
+    rejected = every[2 * owner + 1, lengths[2 * owner + 1] - 1 - back]
+    per_token = -F.logsigmoid(chosen - rejected - c.margin)
+    bt = torch.zeros(n, device=device).index_add(0, owner, per_token) / depth
+    return scores, bt + c.center * scores.square().mean(1)
 
 
 def pair_metrics(scores: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
