@@ -140,10 +140,10 @@ def _demo_content() -> RMConfig:
     8 (near step 1,100 for seed 0; at 8, past step 2,000 or not by 3,000); --model.tiny-embed-std
     0.1 ends it within 600 steps for seeds 0 to 2, but none of those then learns wrong_character;
     adding --loss.dense --optim.lr 3e-4 --steps 400, seeds 1 and 2 did on 1 thread, seed 0 did not,
-    and seed 1 on 2 threads did not (README). With 2 layers the causal LM ranks wrong_character pairs right by likelihood,
-    yet the score read at the last token cannot see it: a third layer carries the comparison of the
-    name written with the one expected to the end. Seed 0 reaches 0.85 on both content kinds; seeds
-    1 and 2 do not yet."""
+    and seed 1 on 2 threads did not (README). With 2 layers the causal LM ranks wrong_character
+    pairs right by likelihood, yet the score read at the last token cannot see it: a third layer
+    carries the comparison of the name written with the one expected to the end. Seed 0 reaches
+    0.85 on both content kinds; seeds 1 and 2 do not yet."""
     cfg = _demo()
     return replace(
         cfg,

@@ -270,9 +270,10 @@ def dense_losses(every: torch.Tensor, rows: list[list[int]], c: LossConfig) -> t
     n, device = len(rows) // 2, every.device
     lengths = torch.tensor([len(r) for r in rows], device=device)
     scores = every[torch.arange(2 * n, device=device), lengths - 1].view(n, 2)
-    depth = torch.tensor([compared_tokens(rows[2 * p], rows[2 * p + 1]) for p in range(n)], device=device)
+    counts = [compared_tokens(rows[2 * p], rows[2 * p + 1]) for p in range(n)]
+    depth = torch.tensor(counts, device=device)
     owner = torch.repeat_interleave(torch.arange(n, device=device), depth)  # [K]: the pair of each compared token
-    back = torch.cat([torch.arange(d, device=device) for d in depth.tolist()])  # [K]: its place from the end
+    back = torch.cat([torch.arange(d) for d in counts]).to(device)  # [K]: its place from the end
     chosen = every[2 * owner, lengths[2 * owner] - 1 - back]
     rejected = every[2 * owner + 1, lengths[2 * owner + 1] - 1 - back]
     per_token = -F.logsigmoid(chosen - rejected - c.margin)
