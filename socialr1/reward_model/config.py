@@ -144,8 +144,7 @@ def _demo_content() -> RMConfig:
     at std 0.1 end within 600 steps of 32; with 2 layers the score at the last token cannot see a
     wrong name, with 3 it can; and the Bradley-Terry phase learns wrong_character (0.85 held out) on
     four of the six seeds tried with that kind near half the pairs and the loss taken at every
-    token after the mistake (--loss.dense; seeds 3 and 5 stayed below 0.73); with it at a quarter,
-    no variant tried learnt it on seed 0."""
+    token after the mistake (--loss.dense; seeds 3 and 5 stayed below 0.73)."""
     cfg = _demo()
     return replace(
         cfg,
